@@ -1,0 +1,41 @@
+"""The reference recipes (HSTU_REFERENCE.md table) as one function; each configs/<model>_<dataset>.py calls it.
+
+Amazon Beauty and Sports have no published HSTU recipe: they start from the Books recipe (max_len 50,
+D 64, dropout 0.5, 512 negatives), as the issue asks.
+"""
+import ml_collections
+
+from configs import base
+
+# dataset -> (max_len, D, dropout, negatives, epochs, HSTU (blocks, heads, dqk), HSTU-large (blocks, heads, dqk))
+_DATASETS = {
+    "ml-1m": (200, 50, 0.2, 128, 101, (2, 1, 50), (8, 2, 25)),
+    "ml-20m": (200, 256, 0.2, 128, 101, (4, 4, 64), (16, 8, 32)),
+    "books": (50, 64, 0.5, 512, 201, (4, 4, 16), (16, 8, 8)),
+    "beauty": (50, 64, 0.5, 512, 201, (4, 4, 16), (16, 8, 8)),
+    "sports": (50, 64, 0.5, 512, 201, (4, 4, 16), (16, 8, 8)),
+}
+MODELS = ("hstu", "hstu_large", "sasrec")
+
+
+def recipe(model: str, dataset: str) -> ml_collections.ConfigDict:
+    if model not in MODELS:
+        raise ValueError(f"unknown model recipe {model!r}; known: {MODELS}")
+    if dataset not in _DATASETS:
+        raise ValueError(f"unknown dataset recipe {dataset!r}; known: {sorted(_DATASETS)}")
+    max_len, dim, dropout, negatives, epochs, hstu, hstu_large = _DATASETS[dataset]
+    c = base.get_config()
+    c.data.dataset = dataset
+    c.data.max_len = max_len
+    c.model.name = "sasrec" if model == "sasrec" else "hstu"
+    c.model.embed_dim = dim
+    c.model.ffn_dim = dim  # SASRec baseline: ffn = D, relu
+    c.model.max_seq_len = max_len + 11  # the reference pads to max_seq_len + gr_output_length + 1
+    c.model.dropout = dropout
+    blocks, heads, dqk = hstu_large if model == "hstu_large" else hstu
+    c.model.num_blocks, c.model.num_heads, c.model.head_dim = blocks, heads, dqk
+    if model == "sasrec":
+        c.model.head_dim = dim // heads
+    c.loss.num_negatives = negatives
+    c.train.num_epochs = epochs
+    return c

@@ -1,0 +1,69 @@
+"""Full-catalogue evaluation of a model (and of the most-popular-item baseline) on a split of the store."""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from data_pipeline.pipeline import make_eval_dataset
+from data_pipeline.splits import split_bounds
+from data_pipeline.store import SequenceStore
+from lrm.metrics import RankingAccumulator, popularity_baseline, rank_targets
+from lrm.models.retrieval import last_token_embeddings
+
+
+def held_out(batch: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(target_B, last_index_B) of an eval batch: the held-out item sits at slot lengths_B - 1."""
+    last_B = np.maximum(np.asarray(batch["lengths_B"]) - 1, 0)
+    target_B = np.take_along_axis(np.asarray(batch["target_ids_BxL"]), last_B[:, None], axis=1)[:, 0]
+    return target_B, last_B
+
+
+def make_eval_step(graphdef: nnx.GraphDef, *, temperature: float, chunk_size: int) -> Callable:
+    @jax.jit
+    def eval_step(params, batch):
+        model = nnx.merge(graphdef, params)
+        user_emb_BxLxD = model(batch, deterministic=True)
+        user_emb_BxD = last_token_embeddings(user_emb_BxLxD, jnp.maximum(batch["lengths_B"], 1))
+        last_B = jnp.maximum(batch["lengths_B"] - 1, 0)
+        target_B = jnp.take_along_axis(batch["target_ids_BxL"], last_B[:, None], axis=1)[:, 0]
+        out = rank_targets(user_emb_BxD, target_B, batch["item_ids_BxL"], model.item_table(),
+                           temperature=temperature, chunk_size=chunk_size)
+        return out["rank_B"], out["ce_B"]
+
+    return eval_step
+
+
+def evaluate(eval_step: Callable, params, store: SequenceStore, split: str, *, max_len: int,
+             batch_size: int, max_rank: int) -> dict[str, float]:
+    acc = RankingAccumulator(max_rank=max_rank)
+    for batch in make_eval_dataset(store, split=split, max_len=max_len, batch_size=batch_size):
+        rank_B, ce_B = eval_step(params, batch)
+        acc.add(np.asarray(rank_B), np.asarray(ce_B), batch["weights_B"])
+    return acc.result()
+
+
+def train_item_counts(store: SequenceStore) -> np.ndarray:
+    """How often each item occurs in the train parts: the popularity baseline's ranking."""
+    train_len_U = split_bounds(store.lengths, store.protocol)["train_len"]
+    counts_V = np.zeros(store.num_items + 1, np.int64)
+    for u in np.flatnonzero(train_len_U > 0):
+        items, _ = store.user(int(u))
+        np.add.at(counts_V, np.asarray(items[: train_len_U[u]]), 1)
+    return counts_V
+
+
+def evaluate_popularity(store: SequenceStore, split: str, *, max_len: int, batch_size: int,
+                        max_rank: int) -> dict[str, float]:
+    counts_V = train_item_counts(store)
+    acc = RankingAccumulator(max_rank=max_rank)
+    for batch in make_eval_dataset(store, split=split, max_len=max_len, batch_size=batch_size):
+        target_B, _ = held_out(batch)
+        rank_B = popularity_baseline(counts_V, target_B, batch["item_ids_BxL"], max_rank=max_rank)
+        acc.add(np.asarray(rank_B), np.full(len(target_B), np.nan, np.float32), batch["weights_B"])
+    result = acc.result()
+    result.pop("ce", None)  # the baseline has no probabilities
+    return result

@@ -1,0 +1,211 @@
+"""The train loop, top to bottom: data → model → jit step → periodic validation → best checkpoint → test.
+
+Everything a run did lands in its workdir: config.json, metrics.jsonl, tensorboard/, best/ (parameters of
+the checkpoint picked on validation) and results.json.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from data_pipeline.pipeline import make_train_dataset, train_epoch_size
+from data_pipeline.splits import split_report
+from lrm.losses import full_softmax_loss, sampled_softmax_loss
+from lrm.models import build_model
+from lrm.models.embeddings import check_batch
+from lrm.training import evaluate as ev
+from lrm.training.data import open_or_build_store
+from lrm.training.metrics_writer import MetricsWriter, Progress
+from lrm.training.optimizer import make_optimizer
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_cfg) -> Any:
+    def loss_fn(params, batch, key):
+        model = nnx.merge(graphdef, params)
+        dropout_key, negatives_key = jax.random.split(key)
+        user_emb_BxLxD = model(batch, deterministic=False, dropout_key=dropout_key)
+        if loss_cfg.kind == "sampled_softmax":
+            return sampled_softmax_loss(user_emb_BxLxD, model.item_table(), batch["target_ids_BxL"], negatives_key,
+                                        num_negatives=loss_cfg.num_negatives, temperature=loss_cfg.temperature)
+        return full_softmax_loss(user_emb_BxLxD, model.item_table(), batch["target_ids_BxL"],
+                                 temperature=loss_cfg.temperature)
+
+    @jax.jit
+    def train_step(params, opt_state, batch, key):
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads),
+                                   "num_targets": aux["num_targets"]}
+
+    return train_step
+
+
+def _validate_config(config: ml_collections.ConfigDict) -> None:
+    if config.loss.kind not in ("sampled_softmax", "full_softmax"):
+        raise ValueError(f"unknown loss.kind {config.loss.kind!r}; known: sampled_softmax, full_softmax")
+    if config.model.max_seq_len < config.data.max_len + 1:
+        raise ValueError(f"model.max_seq_len={config.model.max_seq_len} must be >= data.max_len + 1 "
+                         f"= {config.data.max_len + 1} (rows hold max_len history events plus the target)")
+    for name in ("batch_size", "log_every_steps"):
+        if config.train[name] <= 0:
+            raise ValueError(f"train.{name} must be positive, got {config.train[name]}")
+
+
+def _batch_counts(batch: dict) -> tuple[int, int]:
+    """(users, real tokens) in a train batch; packed rows hold several users."""
+    return int(np.asarray(batch["segment_ids_BxL"]).max(axis=1).sum()), int(np.asarray(batch["lengths_B"]).sum())
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _validate_config(config)
+    config = ml_collections.ConfigDict(config.to_dict())  # a private copy we may annotate
+    is_main = jax.process_index() == 0
+
+    store = open_or_build_store(config.data)
+    notes = []
+    if config.model.use_time_bias and not store.has_timestamps:
+        config.model.use_time_bias = False
+        notes.append(f"time bias OFF: dataset {store.dataset!r} in this store has no timestamps")
+        logging.warning(notes[-1])
+    if is_main:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    rows_per_epoch = train_epoch_size(store, max_len=config.data.max_len, pack=config.data.pack,
+                                      process_count=jax.process_count())
+    steps_per_epoch = max(rows_per_epoch // config.train.batch_size, 1)
+    total_steps = config.train.num_steps or int(math.ceil(config.train.num_epochs * steps_per_epoch))
+    eval_every = max(int(round(config.train.eval_every_epochs * steps_per_epoch)), 1)
+    has_valid = store.protocol != "reference"
+
+    model = build_model(config.model, num_items=store.num_items, rngs=nnx.Rngs(params=config.seed))
+    graphdef, params = nnx.split(model, nnx.Param)
+    del model
+    tx, schedule = make_optimizer(config.optim, total_steps)
+    opt_state = tx.init(params)
+    train_step = make_train_step(graphdef, tx, config.loss)
+    eval_step = ev.make_eval_step(graphdef, temperature=config.loss.temperature, chunk_size=config.eval.chunk_size)
+    eval_kw = dict(max_len=config.data.max_len, batch_size=config.eval.batch_size, max_rank=config.eval.max_rank)
+    select_split = "valid" if has_valid else "test"
+
+    train_ds = make_train_dataset(store, max_len=config.data.max_len, batch_size=config.train.batch_size,
+                                  seed=config.seed, pack=config.data.pack, prefetch=config.data.prefetch)
+    writer = MetricsWriter(workdir, tensorboard=config.train.tensorboard)
+    logging.info("dataset %s (%d users, %d items), protocol %s, %d steps (%d/epoch), eval every %d",
+                 store.dataset, store.num_users, store.num_items, store.protocol, total_steps, steps_per_epoch,
+                 eval_every)
+
+    base_key = jax.random.key(config.seed)
+    best = {"metric": -math.inf, "step": 0, "metrics": None}
+    best_params = jax.device_get(params)
+    evals_since_best = 0
+    progress = Progress(total_steps)
+    t_start = time.perf_counter()
+    tokens_seen = 0
+    step = 0
+    train_iter = iter(train_ds)
+    while step < total_steps:
+        batch = next(train_iter)
+        if step == 0:
+            check_batch(batch, store.num_items)
+        users, tokens = _batch_counts(batch)
+        progress.add(users, tokens)
+        tokens_seen += tokens
+        params, opt_state, out = train_step(params, opt_state, batch, jax.random.fold_in(base_key, step))
+        step += 1
+        if step % config.train.log_every_steps == 0 or step == total_steps:
+            loss = float(out["loss"])
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss is {loss} at step {step} (lr {float(schedule(step)):.3g}); stopping. "
+                    f"Last good evaluation at step {best['step']}.")
+            text, rates = progress.line(step, loss)
+            if is_main:
+                logging.info(text)
+            writer.write(step, "train", {"loss": loss, "grad_norm": float(out["grad_norm"]),
+                                         "learning_rate": float(schedule(step)), "tokens_seen": tokens_seen,
+                                         **rates})
+        if step % eval_every == 0 or step == total_steps:
+            metrics = ev.evaluate(eval_step, params, store, select_split, **eval_kw)
+            writer.write(step, select_split, metrics)
+            if is_main:
+                logging.info("eval %s @%d: %s", select_split, step,
+                             " ".join(f"{k}={metrics[k]:.4f}" for k in ("hr@10", "ndcg@10", "mrr", "ce")))
+            improved = metrics[config.train.select_metric] > best["metric"]
+            if has_valid and improved:
+                best = {"metric": metrics[config.train.select_metric], "step": step, "metrics": metrics}
+                best_params = jax.device_get(params)
+                evals_since_best = 0
+            elif has_valid:
+                evals_since_best += 1
+                if 0 < config.train.early_stopping_patience <= evals_since_best:
+                    logging.info("early stop at step %d: no %s gain in %d evaluations", step,
+                                 config.train.select_metric, evals_since_best)
+                    break
+    train_seconds = time.perf_counter() - t_start
+
+    if has_valid:
+        final_params, selected = best_params, f"best validation {config.train.select_metric} at step {best['step']}"
+    else:
+        final_params, selected = params, f"final step {step} (protocol 'reference' has no validation split)"
+        best = {"metric": None, "step": step, "metrics": None}
+    test = ev.evaluate(eval_step, final_params, store, "test", **eval_kw)
+    writer.write(best["step"], "test", test)
+    baseline = {s: ev.evaluate_popularity(store, s, **eval_kw) for s in (["valid"] if has_valid else []) + ["test"]}
+    results = {
+        "dataset": store.dataset,
+        "protocol": store.protocol,
+        "model": config.model.name,
+        "time_bias": bool(config.model.use_time_bias),
+        "notes": notes,
+        "selected": selected,
+        "best_step": best["step"],
+        "steps_run": step,
+        "valid": best["metrics"],
+        "test": test,
+        "popularity_baseline": baseline,
+        "split_report": split_report(store.lengths, store.protocol),
+        "num_params": int(sum(x.size for x in jax.tree.leaves(params))),
+        "tokens_seen": tokens_seen,
+        "train_seconds": train_seconds,
+        "config": config.to_dict(),
+    }
+    if is_main:
+        _save_params(workdir / "best", final_params)
+        (workdir / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
+        logging.info("test (%s): %s", selected, " ".join(f"{k}={v:.4f}" for k, v in test.items()))
+    writer.close()
+    return results
+
+
+def _save_params(path: Path, params) -> None:
+    import orbax.checkpoint as ocp
+
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(path.resolve(), nnx.to_pure_dict(params), force=True)
+    ckpt.wait_until_finished()
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer, np.floating)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x)}")
