@@ -9,7 +9,7 @@ def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
     lr, warmup = float(cfg.learning_rate), int(cfg.warmup_steps)
     if total_steps <= 0:
         raise ValueError(f"total_steps must be positive, got {total_steps}")
-    if warmup < 0 or warmup >= max(total_steps, 1) and cfg.schedule != "constant":
+    if not 0 <= warmup < total_steps:
         raise ValueError(f"optim.warmup_steps={warmup} must lie in [0, {total_steps})")
     warm = optax.linear_schedule(0.0, lr, warmup) if warmup else None
     end_lr = lr * float(cfg.min_lr_ratio)

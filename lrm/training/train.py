@@ -67,6 +67,14 @@ def _validate_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"train.{name} must be positive, got {config.train[name]}")
 
 
+def _check_finite(step: int, loss, schedule, last_eval_step: int) -> None:
+    loss = float(loss)
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"loss is {loss} at step {step} (learning rate {float(schedule(step)):.3g}); stopping the run. "
+            f"The last selected evaluation was at step {last_eval_step}.")
+
+
 def _batch_counts(batch: dict) -> tuple[int, int]:
     """(users, real tokens) in a train batch; packed rows hold several users."""
     return int(np.asarray(batch["segment_ids_BxL"]).max(axis=1).sum()), int(np.asarray(batch["lengths_B"]).sum())
@@ -120,6 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     t_start = time.perf_counter()
     tokens_seen = 0
     step = 0
+    pending = None
     train_iter = iter(train_ds)
     while step < total_steps:
         batch = next(train_iter)
@@ -129,13 +138,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         progress.add(users, tokens)
         tokens_seen += tokens
         params, opt_state, out = train_step(params, opt_state, batch, jax.random.fold_in(base_key, step))
+        if pending is not None:  # the previous step's loss: checking it does not stall the step just queued
+            _check_finite(*pending, schedule, best["step"])
         step += 1
+        pending = (step, out["loss"])
         if step % config.train.log_every_steps == 0 or step == total_steps:
+            _check_finite(*pending, schedule, best["step"])
             loss = float(out["loss"])
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss is {loss} at step {step} (lr {float(schedule(step)):.3g}); stopping. "
-                    f"Last good evaluation at step {best['step']}.")
             text, rates = progress.line(step, loss)
             if is_main:
                 logging.info(text)

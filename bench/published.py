@@ -1,0 +1,21 @@
+"""Published numbers to print beside ours, each with its source. Same data, same protocol only."""
+
+_REF = "generative-recommenders README (Zhai et al. 2024), reference protocol"
+
+
+def _hr_ndcg(hr10, n10, hr50, n50, hr200, n200):
+    return {"hr@10": hr10, "ndcg@10": n10, "hr@50": hr50, "ndcg@50": n50, "hr@200": hr200, "ndcg@200": n200}
+
+
+# (dataset, model) -> [(source, metrics)]
+PUBLISHED: dict[tuple[str, str], list[tuple[str, dict]]] = {
+    ("ml-1m", "sasrec"): [(_REF, _hr_ndcg(.2853, .1603, .5474, .2185, .7528, .2498))],
+    ("ml-1m", "hstu"): [(_REF, _hr_ndcg(.3097, .1720, .5754, .2307, .7716, .2606))],
+    ("ml-1m", "hstu_large"): [(_REF, _hr_ndcg(.3294, .1893, .5935, .2481, .7839, .2771))],
+    ("ml-20m", "sasrec"): [(_REF, _hr_ndcg(.2889, .1621, .5503, .2199, .7661, .2527))],
+    ("ml-20m", "hstu"): [(_REF, _hr_ndcg(.3273, .1895, .5889, .2473, .7952, .2787))],
+    ("ml-20m", "hstu_large"): [(_REF, _hr_ndcg(.3556, .2098, .6143, .2671, .8074, .2965))],
+    ("books", "sasrec"): [(_REF, _hr_ndcg(.0306, .0164, .0754, .0260, .1431, .0362))],
+    ("books", "hstu"): [(_REF, _hr_ndcg(.0416, .0227, .0957, .0344, .1735, .0461))],
+    ("books", "hstu_large"): [(_REF, _hr_ndcg(.0478, .0262, .1082, .0393, .1908, .0517))],
+}

@@ -1,0 +1,78 @@
+"""Quality benchmark: trains SASRec, HSTU and HSTU-large and prints HR/NDCG beside published numbers.
+
+  python -m bench.quality --datasets ml-1m,beauty,sports --models sasrec,hstu,hstu_large --out runs/quality
+
+ML-1M runs under the reference protocol (train on all but the last event, test on the last: the protocol of
+the published table); Amazon Beauty/Sports under loo-val (last = test, second-to-last = validation: the
+S3Rec/TIGER protocol). Each run is an ordinary `lrm-train` run in <out>/<model>_<dataset>/; a finished run
+(results.json present) is not trained again, so the benchmark can be stopped and resumed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from bench.published import PUBLISHED
+from configs.recipes import recipe
+
+PROTOCOL = {"ml-1m": "reference", "ml-20m": "reference", "books": "reference", "beauty": "loo-val",
+            "sports": "loo-val"}
+COLUMNS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200")
+
+
+def run_one(model: str, dataset: str, out: Path, overrides: dict) -> dict:
+    workdir = out / f"{model}_{dataset}"
+    if (workdir / "results.json").exists():
+        return json.loads((workdir / "results.json").read_text())
+    from lrm.training.train import train_and_evaluate
+
+    config = recipe(model, dataset)
+    config.data.protocol = PROTOCOL[dataset]
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        if leaf not in node:
+            raise KeyError(f"unknown config key {key!r}")
+        node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value in ("1", "true", "True")
+    return train_and_evaluate(config, workdir)
+
+
+def format_table(rows: list[tuple[str, str, str, dict]]) -> str:
+    """rows: (dataset, model, source, metrics). Markdown, one line per (dataset, model, source)."""
+    head = "| dataset | protocol | model | source | " + " | ".join(c.upper() for c in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (4 + len(COLUMNS))]
+    for dataset, model, source, metrics in rows:
+        cells = [f"{metrics[c]:.4f}" if metrics.get(c) is not None else "–" for c in COLUMNS]
+        lines.append(f"| {dataset} | {PROTOCOL[dataset]} | {model} | {source} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", default="ml-1m,beauty,sports")
+    p.add_argument("--models", default="sasrec,hstu,hstu_large")
+    p.add_argument("--out", default="runs/quality")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every run, e.g. --set data.pack=True --set train.num_epochs=50")
+    args = p.parse_args(argv)
+    logging.getLogger().setLevel(logging.INFO)
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    rows = []
+    for dataset in args.datasets.split(","):
+        for model in args.models.split(","):
+            res = run_one(model, dataset, Path(args.out), overrides)
+            note = "" if res["time_bias"] or model == "sasrec" else " (no time bias)"
+            rows.append((dataset, model, f"lrm{note}, step {res['best_step']}", res["test"]))
+            for source, metrics in PUBLISHED.get((dataset, model), []):
+                rows.append((dataset, model, source, metrics))
+        for source, metrics in PUBLISHED.get((dataset, "tiger"), []):
+            rows.append((dataset, "tiger", source, metrics))
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

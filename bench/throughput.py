@@ -1,0 +1,96 @@
+"""Training and evaluation throughput of the reference recipes, padding vs packing, on this machine.
+
+  python -m bench.throughput --recipes hstu_beauty,hstu_ml1m --steps 20
+
+Prints one table: train examples/s (users), real tokens/s, padded-slot utilisation, and eval users/s.
+Rates are medians over timed steps after compilation and warm-up; compare ratios within one run.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from data_pipeline.pipeline import make_eval_dataset, make_train_dataset
+from lrm.models import build_model
+from lrm.training.evaluate import make_eval_step
+from lrm.training.data import open_or_build_store
+from lrm.training.optimizer import make_optimizer
+from lrm.training.train import make_train_step
+
+
+def _train_rates(config, store, pack: bool, steps: int, warmup: int) -> dict:
+    config.data.pack = pack
+    model = build_model(config.model, num_items=store.num_items, rngs=nnx.Rngs(params=0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx, _ = make_optimizer(config.optim, total_steps=steps + warmup)
+    opt_state = tx.init(params)
+    step_fn = make_train_step(graphdef, tx, config.loss)
+    it = iter(make_train_dataset(store, max_len=config.data.max_len, batch_size=config.train.batch_size,
+                                 seed=0, pack=pack))
+    key = jax.random.key(0)
+    times, users, tokens, slots = [], 0, 0, 0
+    for i in range(warmup + steps):
+        batch = next(it)
+        t0 = time.perf_counter()
+        params, opt_state, out = step_fn(params, opt_state, batch, jax.random.fold_in(key, i))
+        jax.block_until_ready(out["loss"])
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+            users += int(batch["segment_ids_BxL"].max(axis=1).sum())
+            tokens += int(batch["lengths_B"].sum())
+            slots += batch["item_ids_BxL"].size
+    per_step = float(np.median(times))
+    return {"examples_per_s": users / steps / per_step, "tokens_per_s": tokens / steps / per_step,
+            "utilisation": tokens / slots, "step_ms": per_step * 1e3, "params": (graphdef, params)}
+
+
+def _eval_rate(config, store, graphdef, params, max_batches: int) -> float:
+    eval_step = make_eval_step(graphdef, temperature=config.loss.temperature, chunk_size=config.eval.chunk_size)
+    batches = make_eval_dataset(store, split="test", max_len=config.data.max_len, batch_size=config.eval.batch_size)
+    n, elapsed = 0, 0.0
+    for i, batch in enumerate(batches):
+        if i > max_batches:
+            break
+        t0 = time.perf_counter()
+        jax.block_until_ready(eval_step(params, batch))
+        if i > 0:  # the first call compiles
+            elapsed += time.perf_counter() - t0
+            n += int(batch["weights_B"].sum())
+    return n / elapsed if elapsed else float("nan")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipes", default="hstu_beauty,hstu_ml1m")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--eval_batches", type=int, default=10)
+    p.add_argument("--store_root", default="stores")
+    args = p.parse_args(argv)
+    dev = jax.devices()[0]
+    print(f"device: {dev.device_kind} x{jax.device_count()} ({platform.processor() or platform.machine()}), "
+          f"jax {jax.__version__}")
+    print("| recipe | rows | train ex/s | train tok/s | slot use | step ms | eval users/s |")
+    print("|---|---|---|---|---|---|---|")
+    for name in args.recipes.split(","):
+        config = importlib.import_module(f"configs.{name}").get_config()
+        config.data.store_root = args.store_root
+        if config.data.dataset == "ml-1m":
+            config.data.protocol = "reference"
+        store = open_or_build_store(config.data)
+        for pack in (False, True):
+            r = _train_rates(config, store, pack, args.steps, args.warmup)
+            eval_rate = _eval_rate(config, store, *r["params"], args.eval_batches) if not pack else float("nan")
+            print(f"| {name} | {'packed' if pack else 'padded'} | {r['examples_per_s']:,.0f} | "
+                  f"{r['tokens_per_s']:,.0f} | {r['utilisation']:.0%} | {r['step_ms']:.0f} | "
+                  f"{'' if np.isnan(eval_rate) else f'{eval_rate:,.0f}'} |")
+
+
+if __name__ == "__main__":
+    main()
