@@ -19,3 +19,24 @@ PUBLISHED: dict[tuple[str, str], list[tuple[str, dict]]] = {
     ("books", "hstu"): [(_REF, _hr_ndcg(.0416, .0227, .0957, .0344, .1735, .0461))],
     ("books", "hstu_large"): [(_REF, _hr_ndcg(.0478, .0262, .1082, .0393, .1908, .0517))],
 }
+
+# Amazon Beauty / Sports (S3Rec preprocessing), leave-one-out, full ranking, HR@K == Recall@K.
+_TIGER = "Rajput et al. NeurIPS 2023 (arXiv 2305.05065) Table 1"
+_ACTIONPIECE = "Hou et al. ICML 2025 (arXiv 2502.13581v1) Table 2"
+_SS = "Gusak et al. 'SASRec is Still Strong' (arXiv 2508.06450), SASRec+SS, repo README"
+
+
+def _at5_10(hr5, n5, hr10, n10):
+    return {"hr@5": hr5, "ndcg@5": n5, "hr@10": hr10, "ndcg@10": n10}
+
+
+PUBLISHED.update({
+    ("beauty", "sasrec"): [(_TIGER, _at5_10(.0387, .0249, .0605, .0318)),
+                           (_SS, {"hr@10": .0921, "ndcg@10": .0531})],
+    ("beauty", "tiger"): [(_TIGER, _at5_10(.0454, .0321, .0648, .0384))],
+    ("beauty", "hstu"): [(_ACTIONPIECE, _at5_10(.0469, .0314, .0704, .0389))],
+    ("sports", "sasrec"): [(_TIGER, _at5_10(.0233, .0154, .0350, .0192)),
+                           (_SS, {"hr@10": .0569, "ndcg@10": .0314})],
+    ("sports", "tiger"): [(_TIGER, _at5_10(.0264, .0181, .0400, .0225))],
+    ("sports", "hstu"): [(_ACTIONPIECE, _at5_10(.0258, .0165, .0414, .0215))],
+})

@@ -9,7 +9,7 @@ import numpy as np
 from flax import nnx
 
 from data_pipeline.pipeline import make_eval_dataset
-from data_pipeline.splits import split_bounds
+from data_pipeline.splits import train_lengths
 from data_pipeline.store import SequenceStore
 from lrm.metrics import RankingAccumulator, popularity_baseline, rank_targets
 from lrm.models.retrieval import last_token_embeddings
@@ -48,7 +48,7 @@ def evaluate(eval_step: Callable, params, store: SequenceStore, split: str, *, m
 
 def train_item_counts(store: SequenceStore) -> np.ndarray:
     """How often each item occurs in the train parts: the popularity baseline's ranking."""
-    train_len_U = split_bounds(store.lengths, store.protocol)["train_len"]
+    train_len_U = train_lengths(store.lengths, store.protocol)
     counts_V = np.zeros(store.num_items + 1, np.int64)
     for u in np.flatnonzero(train_len_U > 0):
         items, _ = store.user(int(u))

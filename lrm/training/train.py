@@ -96,9 +96,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
-    rows_per_epoch = train_epoch_size(store, max_len=config.data.max_len, pack=config.data.pack,
-                                      process_count=jax.process_count())
-    steps_per_epoch = max(rows_per_epoch // config.train.batch_size, 1)
+    steps_per_epoch = train_epoch_size(store, max_len=config.data.max_len, batch_size=config.train.batch_size,
+                                       pack=config.data.pack, seed=config.seed,
+                                       process_count=jax.process_count())["batches"]
     total_steps = config.train.num_steps or int(math.ceil(config.train.num_epochs * steps_per_epoch))
     eval_every = max(int(round(config.train.eval_every_epochs * steps_per_epoch)), 1)
     has_valid = store.protocol != "reference"
