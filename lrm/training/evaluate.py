@@ -63,7 +63,5 @@ def evaluate_popularity(store: SequenceStore, split: str, *, max_len: int, batch
     for batch in make_eval_dataset(store, split=split, max_len=max_len, batch_size=batch_size):
         target_B, _ = held_out(batch)
         rank_B = popularity_baseline(counts_V, target_B, batch["item_ids_BxL"], max_rank=max_rank)
-        acc.add(np.asarray(rank_B), np.full(len(target_B), np.nan, np.float32), batch["weights_B"])
-    result = acc.result()
-    result.pop("ce", None)  # the baseline has no probabilities
-    return result
+        acc.add(np.asarray(rank_B), None, batch["weights_B"])  # the baseline has no probabilities: no "ce"
+    return acc.result()
