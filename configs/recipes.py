@@ -36,6 +36,7 @@ def recipe(model: str, dataset: str) -> ml_collections.ConfigDict:
     c.model.num_blocks, c.model.num_heads, c.model.head_dim = blocks, heads, dqk
     if model == "sasrec":
         c.model.head_dim = dim // heads
+        c.model.attn_dropout = dropout  # the reference's nn.MultiheadAttention drops attention weights too
     c.loss.num_negatives = negatives
     c.train.num_epochs = epochs
     return c

@@ -1,0 +1,95 @@
+"""Relative attention bias of the research HSTU: a learned scalar per position offset and per time bucket.
+
+Both tables are shared by all heads of a layer. The dense (B, L, L) bias built here is what the reference
+attention adds to q·kᵀ; kernels gather from the same tables with the same index arithmetic.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+DEFAULT_NUM_TIME_BUCKETS = 128
+DEFAULT_TIME_BUCKET_DIVISOR = 0.301
+
+
+def time_bucket(
+    dt: jax.Array,
+    *,
+    num_buckets: int = DEFAULT_NUM_TIME_BUCKETS,
+    divisor: float = DEFAULT_TIME_BUCKET_DIVISOR,
+) -> jax.Array:
+    """`clip(floor(ln(max(|dt|, 1)) / divisor), 0, num_buckets)` as int32.
+
+    Natural log, as the reference's bucketization_fn (`log(|x|.clamp(min=1)) / 0.301`), so the 129-entry
+    table is indexed by ~ln-scale buckets, not log2. dt is an integer number of seconds; the absolute value is
+    taken in integers so large timestamps lose no precision before the log.
+    """
+    dt = jnp.asarray(dt)
+    if jnp.issubdtype(dt.dtype, jnp.integer):
+        abs_dt = jnp.maximum(jnp.abs(dt), 1).astype(jnp.float32)
+    else:
+        abs_dt = jnp.maximum(jnp.abs(dt.astype(jnp.float32)), 1.0)
+    bucket = jnp.floor(jnp.log(abs_dt) / divisor)
+    return jnp.clip(bucket, 0, num_buckets).astype(jnp.int32)
+
+
+def relative_position_index(L: int, N: int) -> jax.Array:
+    """(L, L) int32 index into a (2N-1,) position table: entry `N-1 + (j - i)` for query i, key j."""
+    if L > N:
+        raise ValueError(f"sequence length L={L} exceeds the position table's max length N={N}")
+    i = jnp.arange(L, dtype=jnp.int32)[:, None]
+    j = jnp.arange(L, dtype=jnp.int32)[None, :]
+    return N - 1 + j - i
+
+
+def table_max_len(pos_bias_table: jax.Array) -> int:
+    """N of a (2N-1,) position bias table."""
+    (size,) = pos_bias_table.shape
+    if size % 2 != 1:
+        raise ValueError(f"pos_bias_table must have 2N-1 (odd) entries, got {size}")
+    return (size + 1) // 2
+
+
+def relative_bias_BxLxL(
+    *,
+    L: int,
+    pos_bias_table: jax.Array | None = None,
+    time_bias_table: jax.Array | None = None,
+    timestamps_BxL: jax.Array | None = None,
+    query_timestamps_BxL: jax.Array | None = None,
+    num_time_buckets: int = DEFAULT_NUM_TIME_BUCKETS,
+    time_bucket_divisor: float = DEFAULT_TIME_BUCKET_DIVISOR,
+) -> jax.Array | None:
+    """Dense f32 bias `pos[N-1 + j-i] + ts[bucket(query_ts[i] - ts[j])]`; (1, L, L) without a time table.
+
+    Returns None when neither table is given. Query row i uses `query_timestamps_BxL[i]` (the reference
+    uses the NEXT event's time there); it defaults to `timestamps_BxL`.
+    """
+    bias = None
+    if pos_bias_table is not None:
+        if pos_bias_table.ndim != 1:
+            raise ValueError(f"pos_bias_table must be 1-D (2N-1,), got shape {pos_bias_table.shape}")
+        index_LxL = relative_position_index(L, table_max_len(pos_bias_table))
+        bias = pos_bias_table.astype(jnp.float32)[index_LxL][None]
+    if time_bias_table is not None:
+        if time_bias_table.shape != (num_time_buckets + 1,):
+            raise ValueError(
+                f"time_bias_table must have num_time_buckets+1 = {num_time_buckets + 1} entries, "
+                f"got shape {time_bias_table.shape}"
+            )
+        if timestamps_BxL is None:
+            raise ValueError("time_bias_table needs timestamps_BxL")
+        if timestamps_BxL.ndim != 2 or timestamps_BxL.shape[1] != L:
+            raise ValueError(f"timestamps_BxL must have shape (B, {L}), got {timestamps_BxL.shape}")
+        if query_timestamps_BxL is None:
+            query_timestamps_BxL = timestamps_BxL
+        if query_timestamps_BxL.shape != timestamps_BxL.shape:
+            raise ValueError(
+                f"query_timestamps_BxL shape {query_timestamps_BxL.shape} != timestamps_BxL shape "
+                f"{timestamps_BxL.shape}"
+            )
+        dt_BxLxL = query_timestamps_BxL[:, :, None] - timestamps_BxL[:, None, :]
+        bucket_BxLxL = time_bucket(dt_BxLxL, num_buckets=num_time_buckets, divisor=time_bucket_divisor)
+        time_BxLxL = time_bias_table.astype(jnp.float32)[bucket_BxLxL]
+        bias = time_BxLxL if bias is None else bias + time_BxLxL
+    return bias
