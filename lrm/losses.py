@@ -16,13 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lrm.models.embeddings import l2_normalize
+
 L2_NORM_EPS = 1e-6
-
-
-def l2_normalize(x_NxD: jax.Array, eps: float = L2_NORM_EPS) -> jax.Array:
-    """Rows divided by max(||row||, eps): a zero row (padding) stays zero instead of becoming NaN."""
-    norm_Nx1 = jnp.linalg.norm(x_NxD, axis=-1, keepdims=True)
-    return x_NxD / jnp.maximum(norm_Nx1, eps)
 
 
 def host_value(x) -> np.ndarray | None:

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lrm.losses import check_ids, l2_normalize
+from lrm.losses import check_ids
+from lrm.models.embeddings import l2_normalize
 
 METRIC_KS = (1, 5, 10, 50, 200)  # HR@K
 NDCG_KS = (5, 10, 50, 200)

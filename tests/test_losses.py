@@ -148,3 +148,19 @@ def test_losses_reject_bad_input():
         sampled_softmax_loss(user, table, target, jax.random.key(0), num_negatives=0, temperature=0.05)
     with pytest.raises(ValueError, match="chunk_size"):
         full_softmax_loss(user, table, target, temperature=0.05, chunk_size=0)
+
+
+def test_gradients_are_finite_through_zero_rows():
+    """Padding slots (target 0) read item row 0, which is zero: its gradient must not become NaN."""
+    from lrm.losses import full_softmax_loss, sampled_softmax_loss
+
+    table_VxD = jax.random.normal(jax.random.key(0), (7, 4)).at[0].set(0.0)
+    user_BxLxD = jax.random.normal(jax.random.key(1), (2, 3, 4)).at[1, 2].set(0.0)
+    user_BxLxD = user_BxLxD / jnp.maximum(jnp.linalg.norm(user_BxLxD, axis=-1, keepdims=True), 1e-6)
+    target_BxL = jnp.array([[1, 2, 0], [3, 0, 0]], jnp.int32)
+    for loss_fn in (
+        lambda u, t: sampled_softmax_loss(u, t, target_BxL, jax.random.key(2), num_negatives=5, temperature=0.05)[0],
+        lambda u, t: full_softmax_loss(u, t, target_BxL, temperature=0.05)[0],
+    ):
+        g_user, g_table = jax.grad(loss_fn, argnums=(0, 1))(user_BxLxD, table_VxD)
+        assert np.isfinite(np.asarray(g_user)).all() and np.isfinite(np.asarray(g_table)).all()

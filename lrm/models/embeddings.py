@@ -57,10 +57,14 @@ def site_key(dropout_key: jax.Array | None, site: int) -> jax.Array | None:
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """x / max(||x||, eps), the reference's L2NormEmbeddingPostprocessor."""
+    """x / max(||x||, eps), the reference's L2NormEmbeddingPostprocessor.
+
+    Written as x * rsqrt(max(||x||², eps²)) so that zero rows (padding slots, item 0) have a finite
+    gradient: the derivative of ||x|| at 0 is infinite and would turn masked-out zeros into NaN.
+    """
     x = x.astype(jnp.float32)
-    norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-    return x / jnp.maximum(norm, eps)
+    sq_norm = jnp.sum(x * x, axis=-1, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(sq_norm, eps * eps))
 
 
 def valid_mask_BxL(batch: Mapping[str, jax.Array]) -> jax.Array:
