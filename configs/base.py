@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss.kind = "sampled_softmax"  # or "full_softmax"
     c.loss.num_negatives = 512
     c.loss.temperature = 0.05
+    c.loss.scoring = "auto"  # sampled softmax: "gather" K rows per position, or "dense" (matmul over V, then pick K)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-3

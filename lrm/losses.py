@@ -18,7 +18,8 @@ import numpy as np
 
 from lrm.models.embeddings import l2_normalize
 
-L2_NORM_EPS = 1e-6
+SCORINGS = ("auto", "gather", "dense")
+DENSE_SCORING_MAX_RATIO = 32  # dense scoring when V <= 32·K (measured on CPU: bench/throughput.py)
 
 
 def host_value(x) -> np.ndarray | None:
@@ -71,12 +72,14 @@ def sample_negatives(key: jax.Array, shape: tuple[int, ...], num_rows: int) -> j
 
 def sampled_softmax_loss_with_negatives(user_emb_BxLxD: jax.Array, item_table_VxD: jax.Array,
                                         target_ids_BxL: jax.Array, negative_ids_BxLxK: jax.Array, *,
-                                        temperature: float) -> tuple[jax.Array, dict]:
+                                        temperature: float, scoring: str = "auto") -> tuple[jax.Array, dict]:
     """Sampled softmax given explicit negatives: CE with the positive at index 0 of [pos, negs].
 
     A negative equal to the position's positive is masked (logit -inf), as the reference does; other
-    duplicates stay, as with-replacement sampling gives them. Memory is dominated by the B·L·K·D gather
-    of negative rows (ML-1M recipe: 128·201·128·50 floats ≈ 0.66 GB in float32).
+    duplicates stay, as with-replacement sampling gives them. `scoring="gather"` gathers the B·L·K·D
+    negative rows (ML-1M recipe: 128·201·128·50 floats ≈ 0.66 GB in float32); `"dense"` scores the whole
+    normalised table with one matmul (B·L·V logits) and picks the K; `"auto"` takes dense when
+    V <= DENSE_SCORING_MAX_RATIO·K. Both give the same logits.
     """
     _check_common(user_emb_BxLxD, item_table_VxD, target_ids_BxL, temperature)
     if negative_ids_BxLxK.ndim != 3 or negative_ids_BxLxK.shape[:2] != target_ids_BxL.shape:
@@ -84,12 +87,22 @@ def sampled_softmax_loss_with_negatives(user_emb_BxLxD: jax.Array, item_table_Vx
                          f"got {negative_ids_BxLxK.shape}")
     check_ids("negative_ids_BxLxK", negative_ids_BxLxK, item_table_VxD.shape[0], low=1)
 
+    if scoring not in SCORINGS:
+        raise ValueError(f"unknown scoring {scoring!r}; known: {SCORINGS}")
     user_BxLxD = user_emb_BxLxD.astype(jnp.float32)
     table_VxD = item_table_VxD.astype(jnp.float32)
-    pos_BxLxD = l2_normalize(jnp.take(table_VxD, target_ids_BxL, axis=0))
-    neg_BxLxKxD = l2_normalize(jnp.take(table_VxD, negative_ids_BxLxK, axis=0))
-    pos_logit_BxL = jnp.einsum("bld,bld->bl", user_BxLxD, pos_BxLxD) / temperature
-    neg_logit_BxLxK = jnp.einsum("bld,blkd->blk", user_BxLxD, neg_BxLxKxD) / temperature
+    num_rows, num_negatives = table_VxD.shape[0], negative_ids_BxLxK.shape[-1]
+    if scoring == "dense" or (scoring == "auto" and num_rows <= DENSE_SCORING_MAX_RATIO * num_negatives):
+        # Same logits, computed as one [B·L, V] matmul plus a gather of K scalars per position: for small
+        # catalogues far cheaper than gathering (and, backward, scatter-adding) K rows of D floats.
+        logits_BxLxV = jnp.einsum("bld,vd->blv", user_BxLxD, l2_normalize(table_VxD)) / temperature
+        pos_logit_BxL = jnp.take_along_axis(logits_BxLxV, target_ids_BxL[:, :, None], axis=-1)[:, :, 0]
+        neg_logit_BxLxK = jnp.take_along_axis(logits_BxLxV, negative_ids_BxLxK, axis=-1)
+    else:
+        pos_BxLxD = l2_normalize(jnp.take(table_VxD, target_ids_BxL, axis=0))
+        neg_BxLxKxD = l2_normalize(jnp.take(table_VxD, negative_ids_BxLxK, axis=0))
+        pos_logit_BxL = jnp.einsum("bld,bld->bl", user_BxLxD, pos_BxLxD) / temperature
+        neg_logit_BxLxK = jnp.einsum("bld,blkd->blk", user_BxLxD, neg_BxLxKxD) / temperature
     collide_BxLxK = negative_ids_BxLxK == target_ids_BxL[:, :, None]
     neg_logit_BxLxK = jnp.where(collide_BxLxK, -jnp.inf, neg_logit_BxLxK)
     logits_BxLx1pK = jnp.concatenate([pos_logit_BxL[:, :, None], neg_logit_BxLxK], axis=-1)
@@ -98,14 +111,15 @@ def sampled_softmax_loss_with_negatives(user_emb_BxLxD: jax.Array, item_table_Vx
 
 
 def sampled_softmax_loss(user_emb_BxLxD: jax.Array, item_table_VxD: jax.Array, target_ids_BxL: jax.Array,
-                         key: jax.Array, *, num_negatives: int, temperature: float) -> tuple[jax.Array, dict]:
+                         key: jax.Array, *, num_negatives: int, temperature: float,
+                         scoring: str = "auto") -> tuple[jax.Array, dict]:
     """The reference's training loss: K uniform negatives per target position, drawn from `key`."""
     if num_negatives < 1:
         raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
     batch, length = target_ids_BxL.shape
     negative_ids_BxLxK = sample_negatives(key, (batch, length, num_negatives), item_table_VxD.shape[0])
     return sampled_softmax_loss_with_negatives(user_emb_BxLxD, item_table_VxD, target_ids_BxL,
-                                               negative_ids_BxLxK, temperature=temperature)
+                                               negative_ids_BxLxK, temperature=temperature, scoring=scoring)
 
 
 def _online_logsumexp(user_NxD: jax.Array, items_MxD: jax.Array, temperature: float,

@@ -164,3 +164,23 @@ def test_gradients_are_finite_through_zero_rows():
     ):
         g_user, g_table = jax.grad(loss_fn, argnums=(0, 1))(user_BxLxD, table_VxD)
         assert np.isfinite(np.asarray(g_user)).all() and np.isfinite(np.asarray(g_table)).all()
+
+
+def test_dense_and_gather_scoring_agree_in_value_and_gradient():
+    from lrm.losses import sampled_softmax_loss_with_negatives
+
+    table_VxD = jax.random.normal(jax.random.key(0), (11, 4)).at[0].set(0.0)
+    user_BxLxD = jax.random.normal(jax.random.key(1), (2, 3, 4))
+    user_BxLxD = user_BxLxD / jnp.linalg.norm(user_BxLxD, axis=-1, keepdims=True)
+    target_BxL = jnp.array([[1, 2, 0], [3, 7, 10]], jnp.int32)
+    negatives_BxLxK = jax.random.randint(jax.random.key(2), (2, 3, 6), 1, 11).at[1, 1, 0].set(7)  # a collision
+    results = {}
+    for scoring in ("gather", "dense"):
+        fn = lambda u, t: sampled_softmax_loss_with_negatives(  # noqa: E731
+            u, t, target_BxL, negatives_BxLxK, temperature=0.05, scoring=scoring)[0]
+        results[scoring] = (fn(user_BxLxD, table_VxD), *jax.grad(fn, argnums=(0, 1))(user_BxLxD, table_VxD))
+    for a, b in zip(results["gather"], results["dense"]):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown scoring"):
+        sampled_softmax_loss_with_negatives(user_BxLxD, table_VxD, target_BxL, negatives_BxLxK,
+                                            temperature=0.05, scoring="sparse")

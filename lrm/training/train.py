@@ -41,7 +41,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
         user_emb_BxLxD = model(batch, deterministic=False, dropout_key=dropout_key)
         if loss_cfg.kind == "sampled_softmax":
             return sampled_softmax_loss(user_emb_BxLxD, model.item_table(), batch["target_ids_BxL"], negatives_key,
-                                        num_negatives=loss_cfg.num_negatives, temperature=loss_cfg.temperature)
+                                        num_negatives=loss_cfg.num_negatives, temperature=loss_cfg.temperature,
+                                        scoring=loss_cfg.scoring)
         return full_softmax_loss(user_emb_BxLxD, model.item_table(), batch["target_ids_BxL"],
                                  temperature=loss_cfg.temperature)
 
