@@ -24,8 +24,9 @@ from lrm.training.optimizer import make_optimizer
 from lrm.training.train import make_train_step
 
 
-def _train_rates(config, store, pack: bool, steps: int, warmup: int) -> dict:
+def _train_rates(config, store, pack: bool, scoring: str, steps: int, warmup: int) -> dict:
     config.data.pack = pack
+    config.loss.scoring = scoring
     model = build_model(config.model, num_items=store.num_items, rngs=nnx.Rngs(params=0))
     graphdef, params = nnx.split(model, nnx.Param)
     tx, _ = make_optimizer(config.optim, total_steps=steps + warmup)
@@ -72,22 +73,25 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--eval_batches", type=int, default=10)
     p.add_argument("--store_root", default="stores")
+    p.add_argument("--scorings", default="auto",
+                   help="sampled-softmax scorings to time, comma-separated from auto,gather,dense")
     args = p.parse_args(argv)
     dev = jax.devices()[0]
     print(f"device: {dev.device_kind} x{jax.device_count()} ({platform.processor() or platform.machine()}), "
           f"jax {jax.__version__}")
-    print("| recipe | rows | train ex/s | train tok/s | slot use | step ms | eval users/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| recipe | rows | scoring | train ex/s | train tok/s | slot use | step ms | eval users/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.recipes.split(","):
         config = importlib.import_module(f"configs.{name}").get_config()
         config.data.store_root = args.store_root
         if config.data.dataset == "ml-1m":
             config.data.protocol = "reference"
         store = open_or_build_store(config.data)
-        for pack in (False, True):
-            r = _train_rates(config, store, pack, args.steps, args.warmup)
-            eval_rate = _eval_rate(config, store, *r["params"], args.eval_batches) if not pack else float("nan")
-            print(f"| {name} | {'packed' if pack else 'padded'} | {r['examples_per_s']:,.0f} | "
+        for pack, scoring in [(pack, sc) for pack in (False, True) for sc in args.scorings.split(",")]:
+            r = _train_rates(config, store, pack, scoring, args.steps, args.warmup)
+            first = not pack and scoring == args.scorings.split(",")[0]
+            eval_rate = _eval_rate(config, store, *r["params"], args.eval_batches) if first else float("nan")
+            print(f"| {name} | {'packed' if pack else 'padded'} | {scoring} | {r['examples_per_s']:,.0f} | "
                   f"{r['tokens_per_s']:,.0f} | {r['utilisation']:.0%} | {r['step_ms']:.0f} | "
                   f"{'' if np.isnan(eval_rate) else f'{eval_rate:,.0f}'} |")
 
