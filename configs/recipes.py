@@ -39,4 +39,6 @@ def recipe(model: str, dataset: str) -> ml_collections.ConfigDict:
         c.model.attn_dropout = dropout  # the reference's nn.MultiheadAttention drops attention weights too
     c.loss.num_negatives = negatives
     c.train.num_epochs = epochs
+    if dataset in ("beauty", "sports"):  # loo-val has a validation split: stop after 20 epochs without gain
+        c.train.early_stopping_patience = 4
     return c
