@@ -1,0 +1,215 @@
+"""Synthetic user histories from a latent-persona, topic-Markov process whose true next-item CE is known.
+
+The process (all parameters drawn once from `seed`):
+- items are split into `num_topics` disjoint topics (item j belongs to topic (j - 1) mod T), and within a topic
+  an item is drawn from a Zipf law over a random permutation of the topic's items;
+- each user has a hidden persona k (uniform over `num_personas`); persona k moves between topics with its own
+  sparse Markov matrix M_k (stay with prob `stay_prob`, else jump to one of `fanout` topics of its own);
+- the first topic is drawn from M_k's stationary law, so the process is stationary and a window of the last
+  `max_len` events is as informative as the process allows for that window.
+Because an item reveals its topic, the Bayes predictive is exact and cheap:
+  p(x_{t+1} | x_{≤t}) = q(x_{t+1} | z_{t+1}) · Σ_k P(k | z_{≤t}) · M_k[z_t, z_{t+1}],
+so `true_cross_entropy` gives the irreducible full-catalogue CE of the validation (or test) targets — the E a
+scaling fit must not go below. Users are generated independently from (seed, user index): deterministic,
+streamable in any order and chunk size, never held whole unless asked.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from data_pipeline.datasets.events import Sequences, from_user_lists
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    num_users: int = 20_000
+    num_items: int = 2_000
+    num_topics: int = 40
+    num_personas: int = 8
+    fanout: int = 4  # topics a persona can jump to from each topic
+    stay_prob: float = 0.5
+    zipf_exponent: float = 1.0
+    mean_len: float = 20.0  # lognormal event count: exp(N(log mean_len, len_sigma)), clipped to [min_len, max_len]
+    len_sigma: float = 0.5
+    min_len: int = 5
+    max_len: int = 200
+    seed: int = 0
+    name: str = "synthetic"
+
+    def __post_init__(self):
+        for k in ("num_users", "num_items", "num_topics", "num_personas", "fanout", "min_len", "max_len"):
+            if int(getattr(self, k)) < 1:
+                raise ValueError(f"synthetic config: {k} must be >= 1, got {getattr(self, k)}")
+        if self.num_items < self.num_topics:
+            raise ValueError(f"synthetic config: num_items={self.num_items} < num_topics={self.num_topics}")
+        if self.fanout > self.num_topics:
+            raise ValueError(f"synthetic config: fanout={self.fanout} > num_topics={self.num_topics}")
+        if not 0.0 <= self.stay_prob < 1.0:
+            raise ValueError(f"synthetic config: stay_prob must be in [0, 1), got {self.stay_prob}")
+        if self.min_len > self.max_len or self.min_len < 3:
+            raise ValueError(f"synthetic config: need 3 <= min_len <= max_len, got {self.min_len}, {self.max_len} "
+                             "(loo-val needs 2 train events plus a validation and a test target)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Process:
+    """The drawn parameters: topic of each item, within-topic item log-probs, per-persona Markov matrices."""
+
+    topic_of_item: np.ndarray  # int64 [V+1], -1 for padding id 0
+    item_logq: np.ndarray  # float64 [V+1], log q(item | its topic)
+    items_by_topic: list[np.ndarray]
+    probs_by_topic: list[np.ndarray]
+    cum_probs_by_topic: list[np.ndarray]
+    trans_PxTxT: np.ndarray  # M_k[z, z']
+    stationary_PxT: np.ndarray
+
+
+def build_process(cfg: SyntheticConfig) -> Process:
+    rng = np.random.default_rng([cfg.seed, 0xC0FFEE])
+    V, T, P = cfg.num_items, cfg.num_topics, cfg.num_personas
+    topic_of_item = np.full(V + 1, -1, np.int64)
+    topic_of_item[1:] = (np.arange(1, V + 1) - 1) % T
+    item_logq = np.zeros(V + 1)
+    items_by_topic, probs_by_topic = [], []
+    for z in range(T):
+        items = np.flatnonzero(topic_of_item == z)
+        w = 1.0 / np.arange(1, len(items) + 1) ** cfg.zipf_exponent
+        w = w[rng.permutation(len(items))] / w.sum()
+        item_logq[items] = np.log(w)
+        items_by_topic.append(items)
+        probs_by_topic.append(w)
+    trans = np.zeros((P, T, T))
+    for k in range(P):
+        for z in range(T):
+            others = rng.choice(np.delete(np.arange(T), z), size=min(cfg.fanout, T - 1), replace=False) if T > 1 else []
+            trans[k, z, z] += cfg.stay_prob if T > 1 else 1.0
+            if T > 1:
+                trans[k, z, others] += (1.0 - cfg.stay_prob) * rng.dirichlet(np.ones(len(others)))
+    stationary = np.stack([_stationary(trans[k]) for k in range(P)])
+    return Process(topic_of_item, item_logq, items_by_topic, probs_by_topic,
+                   [np.cumsum(p) for p in probs_by_topic], trans, stationary)
+
+
+def _stationary(m_TxT: np.ndarray) -> np.ndarray:
+    """Stationary law of a Markov matrix (averaged power iteration: exact for periodic or reducible chains too)."""
+    T = len(m_TxT)
+    pi = np.full(T, 1.0 / T)
+    acc = np.zeros(T)
+    for _ in range(2000):
+        pi = pi @ m_TxT
+        acc += pi
+    return acc / acc.sum()
+
+
+def generate_user(cfg: SyntheticConfig, proc: Process, user: int) -> np.ndarray:
+    """Item ids of user `user` (a pure function of cfg.seed and the index)."""
+    rng = np.random.default_rng([cfg.seed, 1, user])
+    n = int(np.clip(round(np.exp(rng.normal(np.log(cfg.mean_len), cfg.len_sigma))), cfg.min_len, cfg.max_len))
+    k = int(rng.integers(cfg.num_personas))
+    u_Nx2 = rng.random((n + 1, 2))
+    cum_trans = np.cumsum(proc.trans_PxTxT[k], axis=1)
+    z = _draw(np.cumsum(proc.stationary_PxT[k]), u_Nx2[n, 0])
+    items = np.empty(n, np.int32)
+    for t in range(n):
+        if t:
+            z = _draw(cum_trans[z], u_Nx2[t, 0])
+        items[t] = proc.items_by_topic[z][_draw(proc.cum_probs_by_topic[z], u_Nx2[t, 1])]
+    return items
+
+
+def _draw(cdf: np.ndarray, u: float) -> int:
+    """Inverse-CDF draw (the clip guards against cdf[-1] rounding below u)."""
+    return min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), len(cdf) - 1)
+
+
+def iter_sequences(cfg: SyntheticConfig, *, start: int = 0, stop: int | None = None,
+                   chunk_users: int = 10_000) -> Iterator[Sequences]:
+    """Users [start, stop) as `Sequences` chunks of at most `chunk_users` users (ids are the user indices)."""
+    stop = cfg.num_users if stop is None else stop
+    if not 0 <= start <= stop <= cfg.num_users or chunk_users < 1:
+        raise ValueError(f"synthetic: bad user range [{start}, {stop}) of {cfg.num_users} / chunk {chunk_users}")
+    proc = build_process(cfg)
+    for lo in range(start, stop, chunk_users):
+        users = list(range(lo, min(lo + chunk_users, stop)))
+        yield from_user_lists(cfg.name, users, [generate_user(cfg, proc, u) for u in users], None, None,
+                              num_items=cfg.num_items, item_raw_ids=None, source_files={})
+
+
+def generate(cfg: SyntheticConfig) -> Sequences:
+    """All users in one `Sequences` (what `write_store` takes)."""
+    chunks = list(iter_sequences(cfg))
+    offsets = [np.zeros(1, np.int64)]
+    base = 0
+    for c in chunks:
+        offsets.append(c.offsets[1:] + base)
+        base += c.num_events
+    return Sequences(dataset=cfg.name, user_ids=np.concatenate([c.user_ids for c in chunks]),
+                     offsets=np.concatenate(offsets), item_ids=np.concatenate([c.item_ids for c in chunks]),
+                     timestamps=np.zeros(base, np.int64), ratings=None, num_items=cfg.num_items,
+                     has_timestamps=False, item_raw_ids=None, source_files={})
+
+
+def write_synthetic_store(cfg: SyntheticConfig, store_root: str | Path, *, protocol: str = "loo-val") -> Path:
+    """Writes `<store_root>/<name>-<protocol>` (the path `lrm.training.data.store_path` expects) once."""
+    from data_pipeline.store import write_store
+
+    out = Path(store_root) / f"{cfg.name}-{protocol}"
+    if not (out / "metadata.json").exists():
+        write_store(generate(cfg), out, protocol=protocol)
+    return out
+
+
+def log_predictive(proc: Process, items: np.ndarray) -> np.ndarray:
+    """log p(items[t] | items[:t]) under the true process for t = 1..n-1 (a window starting at items[0])."""
+    topics = proc.topic_of_item[items]
+    if np.any(topics < 0):
+        raise ValueError("log_predictive: item id 0 (padding) in a history")
+    log_trans = np.log(np.maximum(proc.trans_PxTxT, 1e-300))
+    log_w = np.log(np.maximum(proc.stationary_PxT[:, topics[0]], 1e-300))  # uniform persona prior
+    out = np.empty(len(items) - 1)
+    for t in range(1, len(items)):
+        step_P = log_trans[:, topics[t - 1], topics[t]]
+        post = log_w - np.logaddexp.reduce(log_w)
+        out[t - 1] = np.logaddexp.reduce(post + step_P) + proc.item_logq[items[t]]
+        log_w = log_w + step_P
+    return out
+
+
+def true_cross_entropy(cfg: SyntheticConfig, *, split: str = "valid", max_len: int | None = None,
+                       users: int | None = None) -> dict[str, float]:
+    """Mean −log p_true(target | history) over the first `users` users' `split` example (loo-val protocol).
+
+    The history is truncated to its last `max_len` events as the model sees it. Returns the mean, its
+    standard error, and the number of users.
+    """
+    drop = {"valid": 2, "test": 1}.get(split)
+    if drop is None:
+        raise ValueError(f"true_cross_entropy: split must be 'valid' or 'test', got {split!r}")
+    proc = build_process(cfg)
+    n_users = cfg.num_users if users is None else min(users, cfg.num_users)
+    nll = np.empty(n_users)
+    for u in range(n_users):
+        seq = generate_user(cfg, proc, u)
+        history, target = seq[:len(seq) - drop], seq[len(seq) - drop]
+        if max_len is not None:
+            history = history[-max_len:]
+        nll[u] = -log_predictive(proc, np.append(history, target))[-1]
+    return {"ce": float(nll.mean()), "stderr": float(nll.std(ddof=1) / np.sqrt(n_users)) if n_users > 1 else 0.0,
+            "users": n_users}
+
+
+def oracle_entropy_rate(cfg: SyntheticConfig) -> float:
+    """Entropy rate (nats) for a predictor that KNOWS the persona: a lower bound on the true CE; equal to it
+    when num_personas = 1."""
+    proc = build_process(cfg)
+    h_item_T = np.array([-(p * np.log(p)).sum() for p in proc.probs_by_topic])
+    total = 0.0
+    for k in range(cfg.num_personas):
+        m = proc.trans_PxTxT[k]
+        h_trans_T = -(np.where(m > 0, m * np.log(np.maximum(m, 1e-300)), 0.0)).sum(axis=1)
+        total += proc.stationary_PxT[k] @ (h_trans_T + m @ h_item_T)
+    return float(total / cfg.num_personas)

@@ -1,0 +1,225 @@
+"""Run a sweep: `lrm-sweep scaling_studies/sweeps/<name>.py --out DIR [--parallel N] [--dry_run] [--submit slurm|tpu]`.
+
+Local mode runs N `python -m launch.train` subprocesses at a time, each in DIR/runs/<name>-<hash>/, and appends
+one JSON line per finished run to DIR/results.jsonl (status "done" or "failed"). A re-launch skips runs whose
+config hash already has a "done" line; failed runs are retried; a failed run never stops the sweep.
+`--submit` writes a SLURM array script or one TPU-pod command per run instead of running.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from scaling_studies.sweeps import Run, Sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    spec = importlib.util.spec_from_file_location("_sweep", str(path))
+    if spec is None or spec.loader is None or not Path(path).is_file():
+        raise FileNotFoundError(f"sweep file {path} not found")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not isinstance(getattr(module, "SWEEP", None), Sweep):
+        raise ValueError(f"{path} must define SWEEP = scaling_studies.sweeps.Sweep(...)")
+    return module.SWEEP
+
+
+def _flag_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return "(" + ",".join(str(x) for x in v) + ",)"
+    return str(v)
+
+
+def command(run: Run, workdir: Path) -> list[str]:
+    cfg = run.config_file if os.path.isabs(run.config_file) else str(REPO / run.config_file)
+    return [sys.executable, "-m", "launch.train", "--config", cfg, "--workdir", str(workdir),
+            *(f"--config.{k}={_flag_value(v)}" for k, v in run.overrides.items())]
+
+
+def read_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: not a JSON line ({e})") from e
+    return rows
+
+
+def result_line(run: Run, workdir: Path, wall_s: float) -> dict:
+    """The one line a finished run contributes: config, hash, N, FLOPs, tokens, wall time, CE, HR/NDCG."""
+    from data_pipeline.store import SequenceStore
+    from lrm import flops
+    from lrm.training.data import store_path
+
+    res = json.loads((workdir / "results.json").read_text())
+    cfg = res["config"]
+    store = SequenceStore.open(store_path(_Attr(cfg["data"])))
+    from data_pipeline.splits import train_lengths
+
+    rows = train_lengths(store.lengths, store.protocol)
+    rows = rows[rows >= 2].clip(max=cfg["data"]["max_len"] + 1)
+    n_eff = flops.causal_n_eff(rows)
+    counts = flops.param_counts(cfg["model"], store.num_items)
+    train_flops = flops.train_flops(cfg["model"], cfg["loss"], store.num_items, tokens=res["tokens_seen"], n_eff=n_eff)
+    valid = res["valid"] or {}
+    return {"status": "done", "name": run.name, "config_hash": run.config_hash, "meta": run.meta,
+            "overrides": run.overrides, "params_total": counts["total"], "params_non_embedding": counts["non_embedding"],
+            "params_embedding": counts["embedding"], "flops": train_flops, "n_eff": n_eff,
+            "tokens": res["tokens_seen"], "steps": res["steps_run"], "wall_s": wall_s,
+            "train_seconds": res["train_seconds"], "valid_ce": valid.get("ce"), "valid_hr@10": valid.get("hr@10"),
+            "valid_ndcg@10": valid.get("ndcg@10"), "test_ce": res["test"].get("ce"),
+            "test_hr@10": res["test"].get("hr@10"), "test_ndcg@10": res["test"].get("ndcg@10"),
+            "config": cfg, "time": time.time()}
+
+
+class _Attr:
+    def __init__(self, d: dict):
+        self.__dict__.update(d)
+
+
+def _append(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+
+
+def run_local(sweep: Sweep, out: Path, *, parallel: int = 1, poll_s: float = 0.5, env: dict | None = None) -> dict:
+    """Runs what is missing; returns counts {done, failed, skipped}."""
+    out.mkdir(parents=True, exist_ok=True)
+    if sweep.synthetic is not None:
+        from data_pipeline.datasets.synthetic import write_synthetic_store
+
+        store_root = sweep.overrides.get("data.store_root", "stores")
+        write_synthetic_store(sweep.synthetic, store_root)
+    results = out / "results.jsonl"
+    finished = {r["config_hash"] for r in read_results(results) if r.get("status") == "done"}
+    runs = sweep.expand()
+    todo = [r for r in runs if r.config_hash not in finished]
+    counts = {"done": 0, "failed": 0, "skipped": len(runs) - len(todo)}
+    running: dict[str, tuple[Run, subprocess.Popen, float, Path]] = {}
+    walls: list[float] = []
+    queue = list(todo)
+    child_env = {**os.environ, **(env or {})}
+    while queue or running:
+        while queue and len(running) < parallel:
+            run = queue.pop(0)
+            workdir = out / "runs" / f"{run.name}-{run.config_hash}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            log = open(workdir / "launch.log", "w")
+            proc = subprocess.Popen(command(run, workdir), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                    env=child_env)
+            running[run.config_hash] = (run, proc, time.perf_counter(), workdir)
+        time.sleep(poll_s)
+        for key, (run, proc, t0, workdir) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[key]
+            wall = time.perf_counter() - t0
+            row = None
+            if proc.returncode == 0 and (workdir / "results.json").exists():
+                try:
+                    row = result_line(run, workdir, wall)
+                except Exception as e:  # noqa: BLE001 - a bad result must not stop the sweep
+                    err = f"result collection failed: {type(e).__name__}: {e}"
+            else:
+                tail = (workdir / "launch.log").read_text()[-2000:]
+                err = f"exit code {proc.returncode}: {tail}"
+            if row is None:
+                row = {"status": "failed", "name": run.name, "config_hash": run.config_hash, "meta": run.meta,
+                       "overrides": run.overrides, "wall_s": wall, "error": err, "time": time.time()}
+                counts["failed"] += 1
+            else:
+                counts["done"] += 1
+                walls.append(wall)
+            _append(results, row)
+            print(progress_line(len(runs), counts, len(running), len(queue), walls, parallel), flush=True)
+    return counts
+
+
+def progress_line(total: int, counts: dict, running: int, queued: int, walls: list[float], parallel: int) -> str:
+    done = counts["done"] + counts["skipped"]
+    eta = (sum(walls) / len(walls)) * (queued + running) / max(parallel, 1) if walls else float("nan")
+    return (f"[sweep] {done}/{total} done ({counts['skipped']} from before), {running} running, "
+            f"{counts['failed']} failed, {queued} queued, ETA {eta:.0f}s")
+
+
+def status(sweep: Sweep, out: Path) -> str:
+    rows = read_results(out / "results.jsonl")
+    last = {r["config_hash"]: r["status"] for r in rows}
+    runs = sweep.expand()
+    done = sum(last.get(r.config_hash) == "done" for r in runs)
+    failed = sum(last.get(r.config_hash) == "failed" for r in runs)
+    return f"{sweep.name}: {done} done, {failed} failed, {len(runs) - done - failed} not run, of {len(runs)}"
+
+
+def write_submission(sweep: Sweep, out: Path, kind: str) -> Path:
+    """SLURM: one array job, task i runs line i of commands.txt. TPU: one pod command per run (every host)."""
+    finished = {r["config_hash"] for r in read_results(out / "results.jsonl") if r.get("status") == "done"}
+    runs = [r for r in sweep.expand() if r.config_hash not in finished]
+    sub = out / "submit"
+    sub.mkdir(parents=True, exist_ok=True)
+    cmds = [shlex.join(command(r, out / "runs" / f"{r.name}-{r.config_hash}")) for r in runs]
+    (sub / "commands.txt").write_text("\n".join(cmds) + "\n")
+    if kind == "slurm":
+        script = sub / "slurm_array.sh"
+        script.write_text(
+            "#!/bin/bash\n#SBATCH --job-name=lrm-" + sweep.name + f"\n#SBATCH --array=0-{len(runs) - 1}\n"
+            "#SBATCH --gres=gpu:1\n#SBATCH --output=" + str(sub) + "/%A_%a.out\n"
+            f"cd {shlex.quote(str(REPO))}\n"
+            f'CMD=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(sub / "commands.txt"))})\n'
+            "eval \"$CMD\"\n")
+    elif kind == "tpu":
+        script = sub / "tpu_commands.sh"
+        script.write_text("#!/bin/bash\n# One command per run; set TPU_NAME and ZONE. Each starts launch.train on every host.\n"
+                          + "".join(f"gcloud compute tpus tpu-vm ssh \"$TPU_NAME\" --zone=\"$ZONE\" --worker=all "
+                                    f"--command={shlex.quote('cd ' + str(REPO) + ' && ' + c)}\n" for c in cmds))
+    else:
+        raise ValueError(f"--submit must be slurm or tpu, got {kind!r}")
+    script.chmod(0o755)
+    return script
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep", help="path to a sweep file defining SWEEP")
+    p.add_argument("--out", required=True, help="sweep directory (results.jsonl, runs/, submit/)")
+    p.add_argument("--parallel", type=int, default=1)
+    p.add_argument("--dry_run", action="store_true", help="print the commands of the runs still missing")
+    p.add_argument("--submit", choices=["slurm", "tpu"], help="write cluster scripts instead of running")
+    p.add_argument("--status", action="store_true", help="print done/failed/not-run counts and exit")
+    a = p.parse_args(argv)
+    sweep, out = load_sweep(a.sweep), Path(a.out)
+    if a.status:
+        print(status(sweep, out))
+        return 0
+    if a.dry_run:
+        finished = {r["config_hash"] for r in read_results(out / "results.jsonl") if r.get("status") == "done"}
+        for r in sweep.expand():
+            if r.config_hash not in finished:
+                print(shlex.join(command(r, out / "runs" / f"{r.name}-{r.config_hash}")))
+        return 0
+    if a.submit:
+        print(f"wrote {write_submission(sweep, out, a.submit)}")
+        return 0
+    counts = run_local(sweep, out, parallel=a.parallel)
+    print(status(sweep, out))
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

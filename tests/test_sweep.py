@@ -1,0 +1,95 @@
+"""Synthetic data (true entropy) and the sweep launcher (a failing run, a relaunch that runs only what is missing)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from data_pipeline.datasets import synthetic as sy
+from scaling_studies import launch_sweep
+from scaling_studies.sweeps import LRRule, Sweep, budgets_geometric
+
+
+def test_synthetic_is_deterministic_and_streamed_in_any_chunking():
+    cfg = sy.SyntheticConfig(num_users=50, num_items=40, num_topics=4, num_personas=3, seed=7)
+    whole = sy.generate(cfg)
+    parts = list(sy.iter_sequences(cfg, start=10, stop=50, chunk_users=7))
+    assert np.array_equal(np.concatenate([p.item_ids for p in parts]), whole.item_ids[whole.offsets[10]:])
+    assert np.array_equal(sy.generate(cfg).item_ids, whole.item_ids)
+    assert not np.array_equal(sy.generate(sy.SyntheticConfig(**{**cfg.__dict__, "seed": 8})).item_ids[:50],
+                              whole.item_ids[:50])
+    assert whole.lengths.min() >= cfg.min_len and whole.lengths.max() <= cfg.max_len
+
+
+def test_true_entropy_matches_analytic_and_empirical_estimates():
+    # One persona: the item process is first-order Markov in topics, the entropy rate is analytic, and the
+    # exact per-step CE averaged over users must agree with it within Monte-Carlo error (4 standard errors).
+    one = sy.SyntheticConfig(num_users=3000, num_items=60, num_topics=6, num_personas=1, seed=1)
+    exact = sy.true_cross_entropy(one)
+    analytic = sy.oracle_entropy_rate(one)
+    assert abs(exact["ce"] - analytic) < 4 * exact["stderr"], (exact, analytic)
+    # Empirical plug-in estimate of H(x_{t+1} | z_t) from counts over all generated transitions.
+    seqs = sy.generate(one)
+    proc = sy.build_process(one)
+    prev, nxt = [], []
+    for u in range(seqs.num_users):
+        s = seqs.item_ids[seqs.offsets[u]:seqs.offsets[u + 1]]
+        prev.append(proc.topic_of_item[s[:-1]]), nxt.append(s[1:])
+    prev, nxt = np.concatenate(prev), np.concatenate(nxt)
+    joint = np.zeros((one.num_topics, one.num_items + 1))
+    np.add.at(joint, (prev, nxt), 1.0)
+    cond = joint / joint.sum(1, keepdims=True)
+    plug_in = -np.sum(joint * np.log(np.where(joint > 0, cond, 1.0))) / joint.sum()
+    assert abs(plug_in - analytic) < 0.03, (plug_in, analytic)
+    # Several personas: the Bayes CE lies between the persona-known oracle and the first-order predictor.
+    many = sy.SyntheticConfig(num_users=1500, num_items=60, num_topics=6, num_personas=5, fanout=2, seed=2)
+    bayes = sy.true_cross_entropy(many)["ce"]
+    assert sy.oracle_entropy_rate(many) < bayes
+    short = sy.true_cross_entropy(many, max_len=1)["ce"]  # the last event only: less information, higher CE
+    assert bayes < short
+
+
+def _tiny_sweep(tmp_path) -> Sweep:
+    syn = sy.SyntheticConfig(num_users=64, num_items=30, num_topics=3, num_personas=2, fanout=2, mean_len=8, max_len=12,
+                             name="synthetic-sweep")
+    base = {"data.dataset": syn.name, "data.store_root": str(tmp_path / "stores"), "data.max_len": 10,
+            "model.max_seq_len": 11, "train.batch_size": 16, "train.num_steps": 3, "train.log_every_steps": 3,
+            "train.tensorboard": False, "loss.num_negatives": 8, "checkpoint.every_steps": 0, "eval.batch_size": 64}
+    # embed_dim -1 is rejected by the model config: that run must fail without stopping the sweep.
+    return Sweep(name="tiny", config_file="configs/tiny.py", overrides=base, axes={"model.embed_dim": [16, -1, 8]},
+                 synthetic=syn)
+
+
+def test_sweep_survives_a_failure_and_relaunch_runs_only_what_is_missing(tmp_path, capsys):
+    sweep, out = _tiny_sweep(tmp_path), tmp_path / "sweep"
+    first = launch_sweep.run_local(sweep, out, parallel=2, env={"JAX_PLATFORMS": "cpu"})
+    assert first == {"done": 2, "failed": 1, "skipped": 0}
+    rows = launch_sweep.read_results(out / "results.jsonl")
+    done = [r for r in rows if r["status"] == "done"]
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(done) == 2 and len(failed) == 1 and failed[0]["overrides"]["model.embed_dim"] == -1
+    assert "embed_dim" in failed[0]["error"]
+    for r in done:
+        assert r["flops"] > 0 and r["tokens"] > 0 and r["params_total"] > r["params_non_embedding"] > 0
+        assert np.isfinite(r["valid_ce"]) and 0 <= r["valid_hr@10"] <= 1 and "valid_ndcg@10" in r
+    assert "[sweep] 3/3 done" not in capsys.readouterr().out  # one failed: never reported as all done
+    second = launch_sweep.run_local(sweep, out, parallel=2, env={"JAX_PLATFORMS": "cpu"})
+    assert second == {"done": 0, "failed": 1, "skipped": 2}
+    assert len(launch_sweep.read_results(out / "results.jsonl")) == 4
+    assert "2 done, 1 failed" in launch_sweep.status(sweep, out)
+    script = launch_sweep.write_submission(sweep, out, "slurm")
+    assert "#SBATCH --array=0-0" in script.read_text()
+    assert "model.embed_dim=-1" in (out / "submit" / "commands.txt").read_text()
+
+
+def test_isoflop_runs_spend_their_budget(tmp_path):
+    sizes = [{"model.embed_dim": d, "model.num_blocks": b} for d, b in ((16, 1), (32, 2), (64, 2))]
+    sweep = Sweep(name="iso", config_file="configs/tiny.py", overrides={"loss.num_negatives": 64},
+                  budgets=budgets_geometric(1e12, 1e13, 3.0), sizes=sizes, tokens_per_step=640.0, n_eff=5.5,
+                  num_items=1000, seeds_at_budgets={1e12: [0, 1, 2]}, lr_rule=LRRule())
+    runs = sweep.expand()
+    assert len(runs) == 3 * 3 + 2 * 3  # 3 budgets (1e12, 3e12, 9e12), seeds ×3 at 1e12
+    for r in runs:
+        assert abs(r.meta["planned_flops"] / r.meta["budget"] - 1) < 0.05 or r.meta["steps"] < 20
+        assert r.overrides["optim.learning_rate"] == 1e-3 * 64 / r.overrides["model.embed_dim"]
+    assert len({r.config_hash for r in runs}) == len(runs)
