@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="Training and scaling generative recommenders (HSTU) in JAX/Flax",
     python_requires=">=3.11",
-    packages=find_packages(include=["lrm*", "data_pipeline*", "launch*", "configs*", "bench*"]),
+    packages=find_packages(include=["lrm*", "data_pipeline*", "launch*", "configs*", "bench*", "scaling_studies*"]),
     install_requires=[
         "jax>=0.10,<0.12",
         "flax>=0.12,<0.14",
@@ -18,6 +18,7 @@ setup(
         "absl-py>=2.1",
         "numpy>=1.26",
         "tensorboardX>=2.6",
+        "flatbuffers>=24",  # jax.export serialisation of serving artifacts
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3"],
@@ -28,6 +29,8 @@ setup(
         "console_scripts": [
             "lrm-train=launch.train:main",
             "lrm-preprocess=data_pipeline.preprocess:main",
+            "lrm-sweep=scaling_studies.launch_sweep:main",
+            "lrm-export=launch.export:main",
         ],
     },
 )

@@ -35,6 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.attention_impl = "auto"
     c.model.dtype = "float32"  # compute dtype; "bfloat16" for mixed precision
     c.model.ffn_dim = 64  # SASRec only
+    c.model.remat = "none"  # per-block rematerialisation: none | full | dots_saveable | nothing_saveable
+    c.model.scan_layers = False  # HSTU: one lax.scan over the blocks (one compiled body for deep stacks)
 
     c.loss = ml_collections.ConfigDict()
     c.loss.kind = "sampled_softmax"  # or "full_softmax"
@@ -68,4 +70,27 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.batch_size = 256
     c.eval.chunk_size = 4096  # items scored per chunk in full-catalogue ranking
     c.eval.max_rank = 2500
+
+    # Parallelism (README "Launching on clusters"): mesh axes (data, fsdp, tensor); the mesh is the per-slice
+    # ICI shape times the cross-slice / cross-host DCN shape; one -1 in each fills the rest.
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.ici = (-1, 1, 1)
+    c.mesh.dcn = (1, 1, 1)
+    c.mesh.vocab_over = "fsdp_tensor"  # item-table rows over fsdp x tensor, "all" devices, or "tensor" only
+
+    # Multi-host: empty/-1 = auto-detect (TPU pods, SLURM); set all three to start processes by hand.
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator_address = ""  # host:port of process 0
+    c.distributed.num_processes = -1
+    c.distributed.process_id = -1
+
+    # Lower + compile the train step for the configured mesh, print per-device memory and FLOPs, exit.
+    c.compile_only = False
+    c.compile_num_items = 0  # > 0: catalogue size to compile for (no data needed); 0: read the store
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 1000  # 0 = only at the end (and on SIGTERM)
+    c.checkpoint.keep = 2  # last train states kept in checkpoints/
+    c.checkpoint.keep_best = 1  # validation-picked parameters kept in best/
+    c.checkpoint["async"] = True  # write in the background while training goes on
     return c

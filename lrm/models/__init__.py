@@ -22,9 +22,11 @@ _HSTU_OPTIONAL = (
     "silu_on",
     "attention_impl",
     "dtype",
+    "remat",
+    "scan_layers",
 )
-_SASREC_OPTIONAL = ("attn_dropout", "learnable_layernorm", "attention_impl", "dtype")
-_BOOLS = ("use_pos_bias", "use_time_bias", "learnable_layernorm")
+_SASREC_OPTIONAL = ("attn_dropout", "learnable_layernorm", "attention_impl", "dtype", "remat", "scan_layers")
+_BOOLS = ("use_pos_bias", "use_time_bias", "learnable_layernorm", "scan_layers")
 _FLOATS = ("dropout", "attn_dropout", "time_bucket_divisor")
 _MISSING = object()
 

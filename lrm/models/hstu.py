@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lrm.kernels.hstu_attention import IMPLS, hstu_attention
-from lrm.models import embeddings
+from lrm.models import embeddings, stack
 
 QK_SCALES = ("none", "rsqrt")
 SILU_ON = ("uvqk", "u")
@@ -45,6 +45,8 @@ class HSTUConfig:
     silu_on: str = "uvqk"
     attention_impl: str = "auto"
     dtype: str = "float32"
+    remat: str = "none"  # per-block rematerialisation policy (lrm.models.stack.REMAT_POLICIES)
+    scan_layers: bool = False
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "num_blocks", "num_heads", "head_dim", "max_seq_len", "num_time_buckets"):
@@ -65,6 +67,7 @@ class HSTUConfig:
         check_choice("silu_on", self.silu_on, SILU_ON)
         check_choice("attention_impl", self.attention_impl, IMPLS)
         check_choice("dtype", self.dtype, tuple(DTYPES))
+        stack.check_remat(self.remat)
 
     @property
     def alpha(self) -> float:
@@ -221,7 +224,8 @@ class HSTU(nnx.Module):
             deterministic=deterministic,
             dropout_key=embeddings.site_key(dropout_key, 0),
         )
-        for layer_index, layer in enumerate(self.layers):
+
+        def apply(layer, x_BxLxD, layer_index):
             x_BxLxD = layer(
                 x_BxLxD,
                 batch,
@@ -229,7 +233,10 @@ class HSTU(nnx.Module):
                 dropout_key=embeddings.site_key(dropout_key, layer_index + 1),
             )
             # Padded slots do not exist in the reference's jagged layout; keep them at zero.
-            x_BxLxD = jnp.where(valid_BxL[..., None], x_BxLxD, 0.0)
+            return jnp.where(valid_BxL[..., None], x_BxLxD, 0.0)
+
+        x_BxLxD = stack.run_blocks(list(self.layers), x_BxLxD, apply, remat=self.cfg.remat,
+                                   scan=self.cfg.scan_layers)
         return embeddings.l2_normalize(x_BxLxD, eps=1e-6)
 
     def item_table(self) -> jax.Array:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lrm.kernels.hstu_attention import IMPLS, hstu_attention
-from lrm.models import embeddings
+from lrm.models import embeddings, stack
 from lrm.models.hstu import DTYPES, LayerNorm, check_choice
 
 LN_EPS = 1e-8  # the reference's F.layer_norm(..., eps=1e-8)
@@ -39,6 +39,8 @@ class SASRecConfig:
     learnable_layernorm: bool = False
     attention_impl: str = "auto"
     dtype: str = "float32"
+    remat: str = "none"  # per-block rematerialisation policy (lrm.models.stack.REMAT_POLICIES)
+    scan_layers: bool = False
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "num_blocks", "num_heads", "head_dim", "max_seq_len", "ffn_dim"):
@@ -56,6 +58,7 @@ class SASRecConfig:
                 raise ValueError(f"SASRec config: {name} must be in [0, 1), got {value!r}")
         check_choice("attention_impl", self.attention_impl, IMPLS)
         check_choice("dtype", self.dtype, tuple(DTYPES))
+        stack.check_remat(self.remat)
 
 
 def _xavier_normal(key: jax.Array, shape: tuple[int, ...], fan_in: int, fan_out: int) -> jax.Array:
@@ -166,14 +169,18 @@ class SASRec(nnx.Module):
             deterministic=deterministic,
             dropout_key=embeddings.site_key(dropout_key, 0),
         )
-        for block_index, block in enumerate(self.blocks):
-            x_BxLxD = block(
+
+        def apply(block, x_BxLxD, block_index):
+            return block(
                 x_BxLxD,
                 batch,
                 valid_BxL,
                 deterministic=deterministic,
                 dropout_key=embeddings.site_key(dropout_key, block_index + 1),
             )
+
+        x_BxLxD = stack.run_blocks(list(self.blocks), x_BxLxD, apply, remat=self.cfg.remat,
+                                   scan=self.cfg.scan_layers)
         return embeddings.l2_normalize(x_BxLxD, eps=1e-6)
 
     def item_table(self) -> jax.Array:

@@ -60,7 +60,9 @@ def evaluate_popularity(store: SequenceStore, split: str, *, max_len: int, batch
                         max_rank: int) -> dict[str, float]:
     counts_V = train_item_counts(store)
     acc = RankingAccumulator(max_rank=max_rank)
-    for batch in make_eval_dataset(store, split=split, max_len=max_len, batch_size=batch_size):
+    # Host-side numpy: every process scores all users itself (no per-process share to merge).
+    for batch in make_eval_dataset(store, split=split, max_len=max_len, batch_size=batch_size,
+                                   process_index=0, process_count=1):
         target_B, _ = held_out(batch)
         rank_B = popularity_baseline(counts_V, target_B, batch["item_ids_BxL"], max_rank=max_rank)
         acc.add(np.asarray(rank_B), None, batch["weights_B"])  # the baseline has no probabilities: no "ce"

@@ -1,7 +1,7 @@
 """The train loop, top to bottom: data → model → jit step → periodic validation → best checkpoint → test.
 
-Everything a run did lands in its workdir: config.json, metrics.jsonl, tensorboard/, best/ (parameters of
-the checkpoint picked on validation) and results.json.
+Everything a run did lands in its workdir: config.json, metrics.jsonl, tensorboard/, checkpoints/ (train
+states; a run resumes from them exactly), best/ (parameters picked on validation) and results.json.
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from lrm.losses import full_softmax_loss, sampled_softmax_loss
 from lrm.models import build_model
 from lrm.models.embeddings import check_batch
 from lrm.training import evaluate as ev
+from lrm.training.checkpointing import PreemptionFlag, TrainCheckpointer, truncate_metrics
+from lrm.training import sharded
 from lrm.training.data import open_or_build_store
 from lrm.training.metrics_writer import MetricsWriter, Progress
 from lrm.training.optimizer import make_optimizer
@@ -34,19 +36,25 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_cfg) -> Any:
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_cfg, *,
+                    num_items: int | None = None, jit: bool = True) -> Any:
+    """`num_items`: the real catalogue size when the table is padded for sharding (padding rows are cut
+    before the loss); `jit=False` leaves compiling to the caller (lrm.training.sharded adds shardings)."""
     def loss_fn(params, batch, key):
         model = nnx.merge(graphdef, params)
         dropout_key, negatives_key = jax.random.split(key)
         user_emb_BxLxD = model(batch, deterministic=False, dropout_key=dropout_key)
+        table_VxD = model.item_table()
+        if num_items is not None and table_VxD.shape[0] != num_items + 1:  # vocab padded for sharding
+            return sharded.padded_table_loss(user_emb_BxLxD, table_VxD, batch["target_ids_BxL"], negatives_key,
+                                             num_items=num_items, loss_cfg=loss_cfg)
         if loss_cfg.kind == "sampled_softmax":
-            return sampled_softmax_loss(user_emb_BxLxD, model.item_table(), batch["target_ids_BxL"], negatives_key,
+            return sampled_softmax_loss(user_emb_BxLxD, table_VxD, batch["target_ids_BxL"], negatives_key,
                                         num_negatives=loss_cfg.num_negatives, temperature=loss_cfg.temperature,
                                         scoring=loss_cfg.scoring)
-        return full_softmax_loss(user_emb_BxLxD, model.item_table(), batch["target_ids_BxL"],
+        return full_softmax_loss(user_emb_BxLxD, table_VxD, batch["target_ids_BxL"],
                                  temperature=loss_cfg.temperature)
 
-    @jax.jit
     def train_step(params, opt_state, batch, key):
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -54,7 +62,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
         return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads),
                                    "num_targets": aux["num_targets"]}
 
-    return train_step
+    return jax.jit(train_step) if jit else train_step
 
 
 def _validate_config(config: ml_collections.ConfigDict) -> None:
@@ -87,6 +95,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     _validate_config(config)
     config = ml_collections.ConfigDict(config.to_dict())  # a private copy we may annotate
     is_main = jax.process_index() == 0
+    if config.get("compile_only", False) and config.get("compile_num_items", 0) > 0:
+        from lrm.training import compile_report
+        return compile_report.run(config, int(config.compile_num_items), make_train_step)
 
     store = open_or_build_store(config.data)
     notes = []
@@ -97,24 +108,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
-    steps_per_epoch = train_epoch_size(store, max_len=config.data.max_len, batch_size=config.train.batch_size,
+    if config.get("compile_only", False):
+        from lrm.training import compile_report
+        return compile_report.run(config, store.num_items, make_train_step)
+    local_batch = sharded.process_batch_size(config.train.batch_size)
+    steps_per_epoch = train_epoch_size(store, max_len=config.data.max_len, batch_size=local_batch,
                                        pack=config.data.pack, seed=config.seed,
                                        process_count=jax.process_count())["batches"]
     total_steps = config.train.num_steps or int(math.ceil(config.train.num_epochs * steps_per_epoch))
     eval_every = max(int(round(config.train.eval_every_epochs * steps_per_epoch)), 1)
     has_valid = store.protocol != "reference"
 
-    model = build_model(config.model, num_items=store.num_items, rngs=nnx.Rngs(params=config.seed))
-    graphdef, params = nnx.split(model, nnx.Param)
-    del model
     tx, schedule = make_optimizer(config.optim, total_steps)
-    opt_state = tx.init(params)
-    train_step = make_train_step(graphdef, tx, config.loss)
-    eval_step = ev.make_eval_step(graphdef, temperature=config.loss.temperature, chunk_size=config.eval.chunk_size)
+    graphdef, params, opt_state, layout = sharded.create_state_from_config(config, store.num_items, tx)
+    train_step = sharded.jit_train_step(
+        make_train_step(graphdef, tx, config.loss, num_items=store.num_items, jit=False), layout)
+    eval_step = sharded.make_eval_step(graphdef, layout, temperature=config.loss.temperature,
+                                       chunk_size=config.eval.chunk_size)
     eval_kw = dict(max_len=config.data.max_len, batch_size=config.eval.batch_size, max_rank=config.eval.max_rank)
     select_split = "valid" if has_valid else "test"
 
-    train_ds = make_train_dataset(store, max_len=config.data.max_len, batch_size=config.train.batch_size,
+    train_ds = make_train_dataset(store, max_len=config.data.max_len, batch_size=local_batch,
                                   seed=config.seed, pack=config.data.pack, prefetch=config.data.prefetch)
     writer = MetricsWriter(workdir, tensorboard=config.train.tensorboard)
     logging.info("dataset %s (%d users, %d items), protocol %s, %d steps (%d/epoch), eval every %d",
@@ -123,7 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     base_key = jax.random.key(config.seed)
     best = {"metric": -math.inf, "step": 0, "metrics": None}
-    best_params = jax.device_get(params)
+    best_params = sharded.snapshot(params, layout.param_shardings)
     evals_since_best = 0
     progress = Progress(total_steps)
     t_start = time.perf_counter()
@@ -131,6 +145,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     step = 0
     pending = None
     train_iter = iter(train_ds)
+    ckpt = TrainCheckpointer(workdir, config.checkpoint, config.to_dict())
+    resumed = ckpt.restore(params, opt_state)  # automatic resume: exact, from the newest complete checkpoint
+    if resumed is not None:
+        step, params, opt_state, tokens_seen = resumed.step, resumed.params, resumed.opt_state, resumed.tokens_seen
+        best, evals_since_best = resumed.best, resumed.evals_since_best
+        train_iter.set_state(resumed.data_iterator)
+        best_params = ckpt.restore_best(params, best["step"]) if has_valid and best["step"] else best_params
+        truncate_metrics(workdir / "metrics.jsonl", step)
+        logging.info("resumed from %s at step %d", workdir / "checkpoints", step)
+    preempt = PreemptionFlag().install()
     while step < total_steps:
         batch = next(train_iter)
         if step == 0:
@@ -153,7 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                          "learning_rate": float(schedule(step)), "tokens_seen": tokens_seen,
                                          **rates})
         if step % eval_every == 0 or step == total_steps:
-            metrics = ev.evaluate(eval_step, params, store, select_split, **eval_kw)
+            metrics = sharded.evaluate(eval_step, params, store, select_split, **eval_kw)
             writer.write(step, select_split, metrics)
             if is_main:
                 logging.info("eval %s @%d: %s", select_split, step,
@@ -161,14 +185,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             improved = metrics[config.train.select_metric] > best["metric"]
             if has_valid and improved:
                 best = {"metric": metrics[config.train.select_metric], "step": step, "metrics": metrics}
-                best_params = jax.device_get(params)
+                best_params = sharded.snapshot(params, layout.param_shardings)
                 evals_since_best = 0
+                ckpt.save_best(step, best_params, metrics)  # the snapshot: `params` is donated next step
             elif has_valid:
                 evals_since_best += 1
                 if 0 < config.train.early_stopping_patience <= evals_since_best:
                     logging.info("early stop at step %d: no %s gain in %d evaluations", step,
                                  config.train.select_metric, evals_since_best)
                     break
+        if ckpt.due(step) or preempt.requested:
+            ckpt.save(step, params, opt_state, data_iterator=train_iter.get_state(), best=best,
+                      evals_since_best=evals_since_best, tokens_seen=tokens_seen)
+        if preempt.requested:
+            break
+    preempt.uninstall()
+    ckpt.save(step, params, opt_state, data_iterator=train_iter.get_state(), best=best,
+              evals_since_best=evals_since_best, tokens_seen=tokens_seen)
+    if preempt.requested:
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
+        logging.info("preempted: saved step %d; run again with the same workdir to resume", step)
+        return {"preempted": True, "steps_run": step}
     train_seconds = time.perf_counter() - t_start
 
     if has_valid:
@@ -176,7 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     else:
         final_params, selected = params, f"final step {step} (protocol 'reference' has no validation split)"
         best = {"metric": None, "step": step, "metrics": None}
-    test = ev.evaluate(eval_step, final_params, store, "test", **eval_kw)
+    test = sharded.evaluate(eval_step, final_params, store, "test", **eval_kw)
     writer.write(best["step"], "test", test)
     baseline = {s: ev.evaluate_popularity(store, s, **eval_kw) for s in (["valid"] if has_valid else []) + ["test"]}
     results = {
@@ -197,20 +236,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         "train_seconds": train_seconds,
         "config": config.to_dict(),
     }
+    if not has_valid:
+        ckpt.save_best(step, final_params, None)  # every process writes its own shards
+    ckpt.wait()
+    ckpt.close()
     if is_main:
-        _save_params(workdir / "best", final_params)
         (workdir / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
         logging.info("test (%s): %s", selected, " ".join(f"{k}={v:.4f}" for k, v in test.items()))
     writer.close()
     return results
-
-
-def _save_params(path: Path, params) -> None:
-    import orbax.checkpoint as ocp
-
-    ckpt = ocp.StandardCheckpointer()
-    ckpt.save(path.resolve(), nnx.to_pure_dict(params), force=True)
-    ckpt.wait_until_finished()
 
 
 def _json_default(x):

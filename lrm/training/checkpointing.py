@@ -1,0 +1,271 @@
+"""Checkpoints that resume a run bit-for-bit, on orbax-checkpoint's `CheckpointManager`.
+
+Layout in the workdir:
+  checkpoints/<step>/  the last `checkpoint.keep` train states: params, optimizer state (item "state") and
+                       a JSON item "meta": step, RNG scheme, Grain iterator state, best-so-far bookkeeping,
+                       tokens seen and the config. Saved every `checkpoint.every_steps`, at the end and on
+                       SIGTERM; asynchronously when `checkpoint.async`.
+  best/<step>/         parameters picked on validation (the last `checkpoint.keep_best` improvements; the
+                       newest is the best). Protocol "reference" stores its final parameters here.
+Orbax writes each step into a temporary directory and renames it when complete, so a run killed during a
+save finds only finished steps (plus a temporary directory that is cleaned up on the next start).
+
+The trainer derives the key of step s as `fold_in(key(seed), s)`: the RNG state is (seed, step), recorded
+in "meta" and checked on resume. Restores take their target shardings from the arrays the caller already
+built, so a checkpoint written on one mesh or device count restores onto another.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+RNG_SCHEME = "fold_in(key(seed), step)"
+CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"
+# Config sections whose change makes a saved run a different run (resuming it would not be "the same run").
+_FIXED_SECTIONS = ("seed", "data", "model", "loss", "optim")
+
+
+@dataclasses.dataclass
+class Resumed:
+    """What a restored checkpoint gives back to the train loop."""
+
+    step: int
+    params: Any
+    opt_state: Any
+    data_iterator: dict
+    best: dict  # {"metric": float | -inf, "step": int, "metrics": dict | None}
+    evals_since_best: int
+    tokens_seen: int
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs (with the arrays' shardings) to restore a checkpoint onto `tree`'s devices/mesh."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _manager(directory: Path, *, max_to_keep: int, use_async: bool) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=use_async,
+                                           cleanup_tmp_directories=True, create=True)
+    return ocp.CheckpointManager(directory.resolve(), options=options)
+
+
+def check_checkpoint_config(ckpt_cfg: Any) -> None:
+    for name in ("every_steps", "keep", "keep_best"):
+        value = ckpt_cfg[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "every_steps" else 1):
+            low = "0 (0 = only at the end)" if name == "every_steps" else "1"
+            raise ValueError(f"checkpoint.{name} must be an int >= {low}, got {value!r}")
+
+
+def _json_metric(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+class TrainCheckpointer:
+    """Saves and restores train states and best parameters of one run (see the module docstring)."""
+
+    def __init__(self, workdir: str | Path, ckpt_cfg: Any, config_dict: dict):
+        check_checkpoint_config(ckpt_cfg)
+        self.workdir = Path(workdir)
+        self.every_steps = int(ckpt_cfg.every_steps)
+        self._config = json.loads(json.dumps(config_dict, default=str))
+        use_async = bool(ckpt_cfg["async"])
+        self._states = _manager(self.workdir / CHECKPOINT_DIR, max_to_keep=int(ckpt_cfg.keep), use_async=use_async)
+        self._best = _manager(self.workdir / BEST_DIR, max_to_keep=int(ckpt_cfg.keep_best), use_async=use_async)
+
+    # ------------------------------------------------------------------------------------------ save
+    def due(self, step: int) -> bool:
+        return self.every_steps > 0 and step % self.every_steps == 0
+
+    def save(self, step: int, params: Any, opt_state: Any, *, data_iterator: dict, best: dict,
+             evals_since_best: int, tokens_seen: int) -> None:
+        """Starts saving the train state of `step` (returns before the write ends when async)."""
+        if step in self._states.all_steps():
+            return  # e.g. the final save right after a periodic one at the same step
+        meta = {
+            "step": int(step),
+            "rng": {"seed": int(self._config["seed"]), "scheme": RNG_SCHEME},
+            "data_iterator": data_iterator,
+            "best": {"metric": _json_metric(best["metric"]), "step": int(best["step"]), "metrics": best["metrics"]},
+            "evals_since_best": int(evals_since_best),
+            "tokens_seen": int(tokens_seen),
+            "config": self._config,
+        }
+        self._states.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}),
+            meta=ocp.args.JsonSave(meta)))
+
+    def save_best(self, step: int, params: Any, metrics: dict | None) -> None:
+        """Parameters chosen on validation at `step` (or the final ones when there is no validation)."""
+        if step in self._best.all_steps():
+            return
+        self._best.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params),
+            meta=ocp.args.JsonSave({"step": int(step), "metrics": metrics, "config": self._config})))
+
+    def wait(self) -> None:
+        self._states.wait_until_finished()
+        self._best.wait_until_finished()
+
+    def close(self) -> None:
+        self._states.close()
+        self._best.close()
+
+    # --------------------------------------------------------------------------------------- restore
+    def latest_step(self) -> int | None:
+        return self._states.latest_step()
+
+    def restore(self, params: Any, opt_state: Any) -> Resumed | None:
+        """The newest complete train state, placed like `params`/`opt_state`; None when there is none.
+
+        Best checkpoints newer than the restored step belong to the part of the run that is redone and
+        are deleted (the redone evaluations save them again, identically).
+        """
+        step = self._states.latest_step()
+        if step is None:
+            return None
+        meta = self._states.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        self._check_same_run(meta, step)  # before touching arrays: a different model fails with a clear message
+        restored = self._states.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_like({"params": params, "opt_state": opt_state}))))
+        for later in [s for s in self._best.all_steps() if s > step]:
+            self._best.delete(later)
+        best = dict(meta["best"])
+        best["metric"] = -math.inf if best["metric"] is None else best["metric"]
+        return Resumed(step=int(meta["step"]), params=restored.state["params"],
+                       opt_state=restored.state["opt_state"], data_iterator=meta["data_iterator"], best=best,
+                       evals_since_best=int(meta["evals_since_best"]), tokens_seen=int(meta["tokens_seen"]))
+
+    def restore_best(self, params: Any, step: int | None = None) -> Any:
+        """Best parameters (of `step`, default the newest best checkpoint), placed like `params`."""
+        step = self._best.latest_step() if step is None else step
+        if step is None or step not in self._best.all_steps():
+            raise FileNotFoundError(f"{self.workdir / BEST_DIR}: no best checkpoint for step {step}; "
+                                    f"have {sorted(self._best.all_steps())}")
+        return self._best.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_like(params)))).params
+
+    def _check_same_run(self, meta: dict, step: int) -> None:
+        where = self.workdir / CHECKPOINT_DIR / str(step)
+        if meta.get("rng", {}).get("scheme") != RNG_SCHEME:
+            raise ValueError(f"{where}: RNG scheme {meta.get('rng')} is not this trainer's {RNG_SCHEME!r}")
+        saved, now = meta["config"], self._config
+        changed = [k for k in _FIXED_SECTIONS if saved.get(k) != now.get(k)]
+        if changed:
+            raise ValueError(f"{where} was written by a run with different config sections {changed}; use a new "
+                             "workdir (or delete its checkpoints/) to start a different run")
+        others = sorted(k for k in set(saved) | set(now) if k not in _FIXED_SECTIONS and saved.get(k) != now.get(k))
+        if others:
+            logging.warning("resuming %s with changed config sections %s", where, others)
+
+
+def _registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for item, save, restore, handler in (("params", ocp.args.StandardSave, ocp.args.StandardRestore,
+                                          ocp.StandardCheckpointHandler),
+                                         ("meta", ocp.args.JsonSave, ocp.args.JsonRestore, ocp.JsonCheckpointHandler)):
+        registry.add(item, save, handler)
+        registry.add(item, restore, handler)
+    return registry
+
+
+def _unwrap(tree: Any) -> Any:
+    """nnx Variables are stored as {"value": array}: the plain nested dict `nnx.to_pure_dict` gives."""
+    if isinstance(tree, dict):
+        if set(tree) == {"value"} and not isinstance(tree["value"], dict):
+            return tree["value"]
+        return {k: _unwrap(v) for k, v in tree.items()}
+    return tree
+
+
+def load_params(workdir: str | Path, params_like: Any) -> tuple[Any, dict]:
+    """(best parameters as an nnx State shaped like `params_like`, their meta) of a run's workdir, on the
+    default device whatever mesh saved them; rows a sharded run padded onto vocab tables are cut."""
+    path = Path(workdir) / BEST_DIR
+    best = ocp.CheckpointManager(path.resolve(), handler_registry=_registry(),
+                                 options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        step = best.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{path}: no best checkpoint (did the run finish?)")
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device),
+                              best.item_metadata(step)["params"].tree)
+        restored = best.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target),
+                                                               meta=ocp.args.JsonRestore()))
+        meta = restored.meta
+        saved = _unwrap(restored.params)
+    finally:
+        best.close()
+    want = nnx.to_pure_dict(params_like)
+    def name(key_path) -> str:  # orbax stores the int keys of nnx.List layers as strings
+        return "/".join(str(getattr(k, "key", k)) for k in key_path)
+
+    flat_saved = {name(k): v for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    flat_want = [(name(k), v) for k, v in jax.tree_util.tree_flatten_with_path(want)[0]]
+    if set(flat_saved) != {k for k, _ in flat_want}:
+        differ = sorted(set(flat_saved) ^ {k for k, _ in flat_want})
+        raise ValueError(f"{path / str(step)}: parameters differ from the model's: {differ}")
+    leaves = []
+    for key, like in flat_want:
+        x = np.asarray(flat_saved[key])
+        if x.shape != like.shape:
+            if x.shape[1:] != like.shape[1:] or x.shape[0] < like.shape[0]:
+                raise ValueError(f"{path / str(step)}: {key} has shape {x.shape}, the model wants {like.shape}")
+            x = x[: like.shape[0]]  # vocab padding rows of a sharded run
+        leaves.append(jax.numpy.asarray(x))
+    pure = jax.tree_util.tree_unflatten(jax.tree.structure(want), leaves)
+    nnx.replace_by_pure_dict(params_like, pure)
+    return params_like, meta
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drops metrics.jsonl rows the resumed run writes again: steps after `step`, and the final test row."""
+    if not path.exists():
+        return
+    kept = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not a JSON line ({e})") from e
+        if row.get("step", 0) <= step and row.get("split") != "test":
+            kept.append(line)
+    path.write_text("".join(x + "\n" for x in kept))
+
+
+class PreemptionFlag:
+    """Turns SIGTERM into a flag the train loop polls (then it saves and returns cleanly).
+
+    Only the main thread may install signal handlers; elsewhere the flag simply never rises.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def install(self) -> PreemptionFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        logging.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
+        self.requested = True
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
