@@ -23,7 +23,7 @@ PUBLISHED: dict[tuple[str, str], list[tuple[str, dict]]] = {
 # Amazon Beauty / Sports (S3Rec preprocessing), leave-one-out, full ranking, HR@K == Recall@K.
 _TIGER = "Rajput et al. NeurIPS 2023 (arXiv 2305.05065) Table 1"
 _ACTIONPIECE = "Hou et al. ICML 2025 (arXiv 2502.13581v1) Table 2"
-_SS = "Gusak et al. 'SASRec is Still Strong' (arXiv 2508.06450), SASRec+SS, repo README"
+_SS = "'SASRec is Still Strong' (arXiv 2508.06450), SASRec+SS, repo README"
 
 
 def _at5_10(hr5, n5, hr10, n10):
