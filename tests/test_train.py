@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -76,8 +77,10 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
         return loss * float("nan"), aux
 
     monkeypatch.setattr(train_mod, "sampled_softmax_loss", poisoned)
+    handler_before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(train_mod.NonFiniteLossError, match="loss is nan at step 1"):
         train_mod.train_and_evaluate(_tiny_config(tmp_path / "stores"), tmp_path / "run")
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # the preemption handler is removed on errors
 
 
 def test_unknown_config_key_is_an_error(tmp_path):

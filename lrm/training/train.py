@@ -155,51 +155,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         truncate_metrics(workdir / "metrics.jsonl", step)
         logging.info("resumed from %s at step %d", workdir / "checkpoints", step)
     preempt = PreemptionFlag().install()
-    while step < total_steps:
-        batch = next(train_iter)
-        if step == 0:
-            check_batch(batch, store.num_items)
-        users, tokens = _batch_counts(batch)
-        progress.add(users, tokens)
-        tokens_seen += tokens
-        params, opt_state, out = train_step(params, opt_state, batch, jax.random.fold_in(base_key, step))
-        if pending is not None:  # the previous step's loss: checking it does not stall the step just queued
-            _check_finite(*pending, schedule, best["step"])
-        step += 1
-        pending = (step, out["loss"])
-        if step % config.train.log_every_steps == 0 or step == total_steps:
-            _check_finite(*pending, schedule, best["step"])
-            loss = float(out["loss"])
-            text, rates = progress.line(step, loss)
-            if is_main:
-                logging.info(text)
-            writer.write(step, "train", {"loss": loss, "grad_norm": float(out["grad_norm"]),
-                                         "learning_rate": float(schedule(step)), "tokens_seen": tokens_seen,
-                                         **rates})
-        if step % eval_every == 0 or step == total_steps:
-            metrics = sharded.evaluate(eval_step, params, store, select_split, **eval_kw)
-            writer.write(step, select_split, metrics)
-            if is_main:
-                logging.info("eval %s @%d: %s", select_split, step,
-                             " ".join(f"{k}={metrics[k]:.4f}" for k in ("hr@10", "ndcg@10", "mrr", "ce")))
-            improved = metrics[config.train.select_metric] > best["metric"]
-            if has_valid and improved:
-                best = {"metric": metrics[config.train.select_metric], "step": step, "metrics": metrics}
-                best_params = sharded.snapshot(params, layout.param_shardings)
-                evals_since_best = 0
-                ckpt.save_best(step, best_params, metrics)  # the snapshot: `params` is donated next step
-            elif has_valid:
-                evals_since_best += 1
-                if 0 < config.train.early_stopping_patience <= evals_since_best:
-                    logging.info("early stop at step %d: no %s gain in %d evaluations", step,
-                                 config.train.select_metric, evals_since_best)
-                    break
-        if ckpt.due(step) or preempt.requested:
-            ckpt.save(step, params, opt_state, data_iterator=train_iter.get_state(), best=best,
-                      evals_since_best=evals_since_best, tokens_seen=tokens_seen)
-        if preempt.requested:
-            break
-    preempt.uninstall()
+    try:
+        while step < total_steps:
+            batch = next(train_iter)
+            if step == 0:
+                check_batch(batch, store.num_items)
+            users, tokens = _batch_counts(batch)
+            progress.add(users, tokens)
+            tokens_seen += tokens
+            params, opt_state, out = train_step(params, opt_state, batch, jax.random.fold_in(base_key, step))
+            if pending is not None:  # the previous step's loss: checking it does not stall the step just queued
+                _check_finite(*pending, schedule, best["step"])
+            step += 1
+            pending = (step, out["loss"])
+            if step % config.train.log_every_steps == 0 or step == total_steps:
+                _check_finite(*pending, schedule, best["step"])
+                loss = float(out["loss"])
+                text, rates = progress.line(step, loss)
+                if is_main:
+                    logging.info(text)
+                writer.write(step, "train", {"loss": loss, "grad_norm": float(out["grad_norm"]),
+                                             "learning_rate": float(schedule(step)), "tokens_seen": tokens_seen,
+                                             **rates})
+            if step % eval_every == 0 or step == total_steps:
+                metrics = sharded.evaluate(eval_step, params, store, select_split, **eval_kw)
+                writer.write(step, select_split, metrics)
+                if is_main:
+                    logging.info("eval %s @%d: %s", select_split, step,
+                                 " ".join(f"{k}={metrics[k]:.4f}" for k in ("hr@10", "ndcg@10", "mrr", "ce")))
+                improved = metrics[config.train.select_metric] > best["metric"]
+                if has_valid and improved:
+                    best = {"metric": metrics[config.train.select_metric], "step": step, "metrics": metrics}
+                    best_params = sharded.snapshot(params, layout.param_shardings)
+                    evals_since_best = 0
+                    ckpt.save_best(step, best_params, metrics)  # the snapshot: `params` is donated next step
+                elif has_valid:
+                    evals_since_best += 1
+                    if 0 < config.train.early_stopping_patience <= evals_since_best:
+                        logging.info("early stop at step %d: no %s gain in %d evaluations", step,
+                                     config.train.select_metric, evals_since_best)
+                        break
+            if ckpt.due(step) or preempt.requested:
+                ckpt.save(step, params, opt_state, data_iterator=train_iter.get_state(), best=best,
+                          evals_since_best=evals_since_best, tokens_seen=tokens_seen)
+            if preempt.requested:
+                break
+    finally:  # also when the loop raises (NaN loss): never leave SIGTERM swallowed
+        preempt.uninstall()
     ckpt.save(step, params, opt_state, data_iterator=train_iter.get_state(), best=best,
               evals_since_best=evals_since_best, tokens_seen=tokens_seen)
     if preempt.requested:
