@@ -34,43 +34,46 @@ def _first_occurrence_BxL(ids_BxL):
     return sorted_BxL, first_BxL
 
 
-@functools.partial(jax.jit, static_argnames=("temperature", "chunk_size"))
-def _rank_targets(user_BxD, target_B, history_BxL, table_VxD, *, temperature: float, chunk_size: int):
-    user_BxD = user_BxD.astype(jnp.float32)
-    items_MxD = l2_normalize(table_VxD.astype(jnp.float32)[1:])  # column m is item id m + 1
-    num_items = items_MxD.shape[0]
-    chunk = min(chunk_size, num_items)
-    num_chunks = -(-num_items // chunk)
-    padded_MxD = jnp.pad(items_MxD, ((0, num_chunks * chunk - num_items), (0, 0)))
-    chunks_NxCxD = padded_MxD.reshape(num_chunks, chunk, -1)
-    starts_N = jnp.arange(num_chunks, dtype=jnp.int32) * chunk
-    offsets_C = jnp.arange(chunk, dtype=jnp.int32)
+def rank_rows(user_BxD, target_B, history_BxL, table_RxD, *, first_id, num_items: int, temperature: float,
+              chunk_size: int, vocab_axes: tuple[str, ...] = ()) -> tuple[jax.Array, jax.Array]:
+    """(rank_B, ce_B) against table rows holding item ids [first_id, first_id + R): the whole table
+    (first_id 0) or one shard of a row-sharded table, whose per-shard statistics are then merged over
+    `vocab_axes` with collectives (inside shard_map). Ids 0 and > num_items (padding rows) never count.
 
+    Two scans over blocks of `chunk_size` rows, so no [B, R] matrix is built. Pass 1: the target's cosine,
+    read from the same block product as everyone else's (so pass 2 compares exactly), and the logsumexp
+    for the cross-entropy. Pass 2: items above the target, minus the deduplicated history items above it.
+    """
+    rows = table_RxD.shape[0]
+    chunk = min(chunk_size, rows)
+    num_chunks = -(-rows // chunk)
+    items_RxD = l2_normalize(table_RxD.astype(jnp.float32))
+    chunks_NxCxD = jnp.pad(items_RxD, ((0, num_chunks * chunk - rows), (0, 0))).reshape(num_chunks, chunk, -1)
+    starts_N = first_id + jnp.arange(num_chunks, dtype=jnp.int32) * chunk
+    offsets_C = jnp.arange(chunk, dtype=jnp.int32)
+    user_BxD = user_BxD.astype(jnp.float32)
     has_target_B = target_B > 0
-    target_col_B = target_B - 1
     hist_BxL, first_BxL = _first_occurrence_BxL(history_BxL)
     hist_keep_BxL = first_BxL & (hist_BxL > 0) & (hist_BxL != target_B[:, None])
-    hist_col_BxL = hist_BxL - 1
 
-    def pick(cos_BxC, col_BxK, start):
-        """cos at the given item columns when they fall in this chunk (in-chunk mask, values)."""
-        local_BxK = col_BxK - start
-        inside_BxK = (local_BxK >= 0) & (local_BxK < chunk)
-        vals_BxK = jnp.take_along_axis(cos_BxC, jnp.clip(local_BxK, 0, chunk - 1), axis=1)
-        return inside_BxK, vals_BxK
+    def real(ids):  # ids of real items held by these rows
+        return (ids >= 1) & (ids <= num_items) & (ids < first_id + rows)
 
-    # Pass 1: the target's cosine, read from the same block product as everyone else's (so the
-    # comparisons in pass 2 are exact), and the full-catalogue logsumexp for the cross-entropy.
+    def pick(cos_BxC, ids_BxK, start):
+        """cos of the given ids when they fall in this block (in-block mask, values)."""
+        local_BxK = ids_BxK - start
+        inside_BxK = (local_BxK >= 0) & (local_BxK < chunk) & (ids_BxK < first_id + rows)
+        return inside_BxK, jnp.take_along_axis(cos_BxC, jnp.clip(local_BxK, 0, chunk - 1), axis=1)
+
     def stats_step(carry, xs):
         max_B, sum_B, target_cos_B = carry
         chunk_CxD, start = xs
         cos_BxC = user_BxD @ chunk_CxD.T
-        real_C = start + offsets_C < num_items
-        logits_BxC = jnp.where(real_C[None, :], cos_BxC / temperature, -jnp.inf)
+        logits_BxC = jnp.where(real(start + offsets_C)[None, :], cos_BxC / temperature, -jnp.inf)
         new_max_B = jnp.maximum(max_B, jnp.max(logits_BxC, axis=1))
         shift_B = jnp.where(jnp.isfinite(new_max_B), new_max_B, 0.0)
         sum_B = sum_B * jnp.exp(max_B - shift_B) + jnp.sum(jnp.exp(logits_BxC - shift_B[:, None]), axis=1)
-        inside_Bx1, vals_Bx1 = pick(cos_BxC, target_col_B[:, None], start)
+        inside_Bx1, vals_Bx1 = pick(cos_BxC, target_B[:, None], start)
         target_cos_B = target_cos_B + jnp.where(inside_Bx1[:, 0] & has_target_B, vals_Bx1[:, 0], 0.0)
         return (new_max_B, sum_B, target_cos_B), None
 
@@ -78,24 +81,37 @@ def _rank_targets(user_BxD, target_B, history_BxL, table_VxD, *, temperature: fl
     init = (jnp.full((batch,), -jnp.inf, jnp.float32), jnp.zeros((batch,), jnp.float32),
             jnp.zeros((batch,), jnp.float32))
     (max_B, sum_B, target_cos_B), _ = jax.lax.scan(stats_step, init, (chunks_NxCxD, starts_N))
+    if vocab_axes:
+        global_max_B = jax.lax.pmax(max_B, vocab_axes)
+        safe_B = jnp.where(jnp.isfinite(global_max_B), global_max_B, 0.0)
+        sum_B = jax.lax.psum(jnp.where(jnp.isfinite(max_B), sum_B * jnp.exp(max_B - safe_B), 0.0), vocab_axes)
+        max_B = global_max_B
+        target_cos_B = jax.lax.psum(target_cos_B, vocab_axes)
 
-    # Pass 2: count items above the target, then take back the (deduplicated) history items above it.
     def count_step(count_B, xs):
         chunk_CxD, start = xs
         cos_BxC = user_BxD @ chunk_CxD.T
-        ids_C = start + offsets_C + 1
+        ids_C = start + offsets_C
         # Excluding the target by id (here and in hist_keep_BxL) keeps it from ever counting against
         # itself, even if a backend rounded this block product differently from pass 1.
-        above_BxC = ((cos_BxC > target_cos_B[:, None]) & (ids_C[None, :] <= num_items)
-                     & (ids_C[None, :] != target_B[:, None]))
-        inside_BxL, hist_cos_BxL = pick(cos_BxC, hist_col_BxL, start)
+        above_BxC = (cos_BxC > target_cos_B[:, None]) & real(ids_C)[None, :] & (ids_C[None, :] != target_B[:, None])
+        inside_BxL, hist_cos_BxL = pick(cos_BxC, hist_BxL, start)
         hist_above_BxL = inside_BxL & hist_keep_BxL & (hist_cos_BxL > target_cos_B[:, None])
         count_B = count_B + jnp.sum(above_BxC, axis=1, dtype=jnp.int32)
         return count_B - jnp.sum(hist_above_BxL, axis=1, dtype=jnp.int32), None
 
     count_B, _ = jax.lax.scan(count_step, jnp.zeros((batch,), jnp.int32), (chunks_NxCxD, starts_N))
+    if vocab_axes:
+        count_B = jax.lax.psum(count_B, vocab_axes)
     rank_B = jnp.where(has_target_B, 1 + count_B, 0).astype(jnp.int32)
     ce_B = jnp.where(has_target_B, max_B + jnp.log(sum_B) - target_cos_B / temperature, 0.0)
+    return rank_B, ce_B
+
+
+@functools.partial(jax.jit, static_argnames=("temperature", "chunk_size"))
+def _rank_targets(user_BxD, target_B, history_BxL, table_VxD, *, temperature: float, chunk_size: int):
+    rank_B, ce_B = rank_rows(user_BxD, target_B, history_BxL, table_VxD, first_id=0,
+                             num_items=table_VxD.shape[0] - 1, temperature=temperature, chunk_size=chunk_size)
     return {"rank_B": rank_B, "ce_B": ce_B}
 
 
