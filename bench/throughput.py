@@ -14,11 +14,9 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 
 from data_pipeline.pipeline import make_eval_dataset, make_train_dataset
-from lrm.models import build_model
-from lrm.training.evaluate import make_eval_step
+from lrm.training import sharded
 from lrm.training.data import open_or_build_store
 from lrm.training.optimizer import make_optimizer
 from lrm.training.train import make_train_step
@@ -27,11 +25,11 @@ from lrm.training.train import make_train_step
 def _train_rates(config, store, pack: bool, scoring: str, steps: int, warmup: int) -> dict:
     config.data.pack = pack
     config.loss.scoring = scoring
-    model = build_model(config.model, num_items=store.num_items, rngs=nnx.Rngs(params=0))
-    graphdef, params = nnx.split(model, nnx.Param)
+    # The trainer's own path: state created on the configured mesh (one device here), explicit shardings.
     tx, _ = make_optimizer(config.optim, total_steps=steps + warmup)
-    opt_state = tx.init(params)
-    step_fn = make_train_step(graphdef, tx, config.loss)
+    graphdef, params, opt_state, layout = sharded.create_state_from_config(config, store.num_items, tx)
+    step_fn = sharded.jit_train_step(
+        make_train_step(graphdef, tx, config.loss, num_items=store.num_items, jit=False), layout)
     it = iter(make_train_dataset(store, max_len=config.data.max_len, batch_size=config.train.batch_size,
                                  seed=0, pack=pack))
     key = jax.random.key(0)
@@ -48,18 +46,19 @@ def _train_rates(config, store, pack: bool, scoring: str, steps: int, warmup: in
             slots += batch["item_ids_BxL"].size
     per_step = float(np.median(times))
     return {"examples_per_s": users / steps / per_step, "tokens_per_s": tokens / steps / per_step,
-            "utilisation": tokens / slots, "step_ms": per_step * 1e3, "params": (graphdef, params)}
+            "utilisation": tokens / slots, "step_ms": per_step * 1e3, "state": (graphdef, layout, params)}
 
 
-def _eval_rate(config, store, graphdef, params, max_batches: int) -> float:
-    eval_step = make_eval_step(graphdef, temperature=config.loss.temperature, chunk_size=config.eval.chunk_size)
+def _eval_rate(config, store, graphdef, layout, params, max_batches: int) -> float:
+    eval_step = sharded.make_eval_step(graphdef, layout, temperature=config.loss.temperature,
+                                       chunk_size=config.eval.chunk_size)
     batches = make_eval_dataset(store, split="test", max_len=config.data.max_len, batch_size=config.eval.batch_size)
     n, elapsed = 0, 0.0
     for i, batch in enumerate(batches):
         if i > max_batches:
             break
         t0 = time.perf_counter()
-        jax.block_until_ready(eval_step(params, batch))
+        eval_step(params, {k: v for k, v in batch.items() if k != "user_index_B"})  # returns host arrays
         if i > 0:  # the first call compiles
             elapsed += time.perf_counter() - t0
             n += int(batch["weights_B"].sum())
@@ -90,7 +89,7 @@ def main(argv=None) -> None:
         for pack, scoring in [(pack, sc) for pack in (False, True) for sc in args.scorings.split(",")]:
             r = _train_rates(config, store, pack, scoring, args.steps, args.warmup)
             first = not pack and scoring == args.scorings.split(",")[0]
-            eval_rate = _eval_rate(config, store, *r["params"], args.eval_batches) if first else float("nan")
+            eval_rate = _eval_rate(config, store, *r["state"], args.eval_batches) if first else float("nan")
             print(f"| {name} | {'packed' if pack else 'padded'} | {scoring} | {r['examples_per_s']:,.0f} | "
                   f"{r['tokens_per_s']:,.0f} | {r['utilisation']:.0%} | {r['step_ms']:.0f} | "
                   f"{'' if np.isnan(eval_rate) else f'{eval_rate:,.0f}'} |")

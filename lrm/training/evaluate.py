@@ -1,18 +1,15 @@
-"""Full-catalogue evaluation of a model (and of the most-popular-item baseline) on a split of the store."""
+"""The most-popular-item baseline on a split of the store, ranked by the same rule as the model.
+
+(The model's own evaluation, on any mesh, is `lrm.training.sharded.make_eval_step` / `evaluate`.)
+"""
 from __future__ import annotations
 
-from typing import Callable
-
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from data_pipeline.pipeline import make_eval_dataset
 from data_pipeline.splits import train_lengths
 from data_pipeline.store import SequenceStore
-from lrm.metrics import RankingAccumulator, popularity_baseline, rank_targets
-from lrm.models.retrieval import last_token_embeddings
+from lrm.metrics import RankingAccumulator, popularity_baseline
 
 
 def held_out(batch: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -20,30 +17,6 @@ def held_out(batch: dict) -> tuple[np.ndarray, np.ndarray]:
     last_B = np.maximum(np.asarray(batch["lengths_B"]) - 1, 0)
     target_B = np.take_along_axis(np.asarray(batch["target_ids_BxL"]), last_B[:, None], axis=1)[:, 0]
     return target_B, last_B
-
-
-def make_eval_step(graphdef: nnx.GraphDef, *, temperature: float, chunk_size: int) -> Callable:
-    @jax.jit
-    def eval_step(params, batch):
-        model = nnx.merge(graphdef, params)
-        user_emb_BxLxD = model(batch, deterministic=True)
-        user_emb_BxD = last_token_embeddings(user_emb_BxLxD, jnp.maximum(batch["lengths_B"], 1))
-        last_B = jnp.maximum(batch["lengths_B"] - 1, 0)
-        target_B = jnp.take_along_axis(batch["target_ids_BxL"], last_B[:, None], axis=1)[:, 0]
-        out = rank_targets(user_emb_BxD, target_B, batch["item_ids_BxL"], model.item_table(),
-                           temperature=temperature, chunk_size=chunk_size)
-        return out["rank_B"], out["ce_B"]
-
-    return eval_step
-
-
-def evaluate(eval_step: Callable, params, store: SequenceStore, split: str, *, max_len: int,
-             batch_size: int, max_rank: int) -> dict[str, float]:
-    acc = RankingAccumulator(max_rank=max_rank)
-    for batch in make_eval_dataset(store, split=split, max_len=max_len, batch_size=batch_size):
-        rank_B, ce_B = eval_step(params, batch)
-        acc.add(np.asarray(rank_B), np.asarray(ce_B), batch["weights_B"])
-    return acc.result()
 
 
 def train_item_counts(store: SequenceStore) -> np.ndarray:

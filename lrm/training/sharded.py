@@ -221,7 +221,7 @@ def local_rows(x: jax.Array, layout: Layout) -> np.ndarray:
 
 def evaluate(eval_step: Callable, params, store, split: str, *, max_len: int, batch_size: int,
              max_rank: int) -> dict[str, float]:
-    """`evaluate.evaluate` for sharded steps: `batch_size` is global; each process feeds and scores its share
+    """Metrics of `eval_step` over a split: `batch_size` is global; each process feeds and scores its share
     of the users and the metric sums are added over processes."""
     from data_pipeline.pipeline import make_eval_dataset
 
