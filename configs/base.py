@@ -70,6 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.batch_size = 256
     c.eval.chunk_size = 4096  # items scored per chunk in full-catalogue ranking
     c.eval.max_rank = 2500
+    c.eval.max_users = 0  # > 0: evaluate only the first max_users eligible users (fixed subset); 0 = all
 
     # Parallelism (README "Launching on clusters"): mesh axes (data, fsdp, tensor); the mesh is the per-slice
     # ICI shape times the cross-slice / cross-host DCN shape; one -1 in each fills the rest.

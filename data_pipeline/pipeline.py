@@ -334,8 +334,12 @@ def make_eval_dataset(
     process_index: int | None = None,
     process_count: int | None = None,
     protocol: str | None = None,
+    max_users: int = 0,
 ) -> grain.MapDataset:
     """Eval batches for this process (random access, `len()` = batches; the same count on every process).
+
+    `max_users > 0` evaluates only the first `max_users` eligible users in store order (a fixed subset, the
+    same for every run: for large synthetic stores where scoring every user would dominate a short run).
 
     Process p gets eligible users p, p + process_count, … in store order; rows of `weights_B = 0`,
     `user_index_B = -1`, `lengths_B = 0` pad the last batches.
@@ -347,6 +351,10 @@ def make_eval_dataset(
     if users.size == 0:
         raise ValueError(f"{store.path}: no user has a {split!r} example under protocol "
                          f"{protocol or store.protocol!r}")
+    if max_users < 0:
+        raise ValueError(f"make_eval_dataset: max_users must be >= 0 (0 = all), got {max_users}")
+    if max_users:
+        users = users[:max_users]
     mine = users[pi::pc]
     num_batches = -(-(-(-users.size // pc)) // batch_size)
     row_len = max_len + 1

@@ -243,3 +243,27 @@ def test_eval_reference_valid_is_an_error(ref_store):
     with pytest.raises(ValueError, match="no 'valid' split"):
         pipeline.make_eval_dataset(ref_store, split="valid", max_len=MAX_LEN, batch_size=4, process_index=0,
                                    process_count=1)
+
+
+@pytest.mark.parametrize("protocol", ["loo-val", "reference"])
+def test_eval_max_users_is_the_first_eligible_users_and_train_counts_match_a_per_user_count(
+        store, ref_store, protocol):
+    from lrm.training.evaluate import train_item_counts
+
+    st = store if protocol == "loo-val" else ref_store
+    eligible = pipeline.eval_users(st, "test")
+    full = [b["user_index_B"] for b in pipeline.make_eval_dataset(st, split="test", max_len=MAX_LEN, batch_size=4)]
+    sub = [b["user_index_B"] for b in pipeline.make_eval_dataset(st, split="test", max_len=MAX_LEN, batch_size=4,
+                                                                 max_users=5)]
+    full_u, sub_u = np.concatenate(full), np.concatenate(sub)
+    np.testing.assert_array_equal(full_u[full_u >= 0], eligible)
+    np.testing.assert_array_equal(sub_u[sub_u >= 0], eligible[:5])
+    assert len(sub) == 2  # 5 users in batches of 4
+    with pytest.raises(ValueError, match="max_users"):
+        pipeline.make_eval_dataset(st, split="test", max_len=MAX_LEN, batch_size=4, max_users=-1)
+    expected = np.zeros(st.num_items + 1, np.int64)
+    for u, t in enumerate(splits.train_lengths(st.lengths, st.protocol)):
+        if t > 0:
+            np.add.at(expected, st.user(u)[0][:t], 1)
+    np.testing.assert_array_equal(train_item_counts(st), expected)
+    assert expected.sum() > 0

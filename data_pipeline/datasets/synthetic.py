@@ -154,12 +154,26 @@ def generate(cfg: SyntheticConfig) -> Sequences:
 
 
 def write_synthetic_store(cfg: SyntheticConfig, store_root: str | Path, *, protocol: str = "loo-val") -> Path:
-    """Writes `<store_root>/<name>-<protocol>` (the path `lrm.training.data.store_path` expects) once."""
+    """Writes `<store_root>/<name>-<protocol>` (the path `lrm.training.data.store_path` expects) once.
+
+    The generator config is kept beside the store (`synthetic_config.json`); an existing store made from a
+    different config is an error, never silently reused.
+    """
+    import json
+
     from data_pipeline.store import write_store
 
     out = Path(store_root) / f"{cfg.name}-{protocol}"
-    if not (out / "metadata.json").exists():
-        write_store(generate(cfg), out, protocol=protocol)
+    want = dataclasses.asdict(cfg)
+    if (out / "metadata.json").exists():
+        have_file = out / "synthetic_config.json"
+        have = json.loads(have_file.read_text()) if have_file.exists() else None
+        if have != want:
+            raise ValueError(f"{out} holds synthetic data from generator config {have}, not {want}: "
+                             "remove it or give the config another name")
+        return out
+    write_store(generate(cfg), out, protocol=protocol)
+    (out / "synthetic_config.json").write_text(json.dumps(want, indent=2, sort_keys=True))
     return out
 
 

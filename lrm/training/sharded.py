@@ -220,7 +220,7 @@ def local_rows(x: jax.Array, layout: Layout) -> np.ndarray:
 
 
 def evaluate(eval_step: Callable, params, store, split: str, *, max_len: int, batch_size: int,
-             max_rank: int) -> dict[str, float]:
+             max_rank: int, max_users: int = 0) -> dict[str, float]:
     """Metrics of `eval_step` over a split: `batch_size` is global; each process feeds and scores its share
     of the users and the metric sums are added over processes."""
     from data_pipeline.pipeline import make_eval_dataset
@@ -229,7 +229,8 @@ def evaluate(eval_step: Callable, params, store, split: str, *, max_len: int, ba
     if batch_size % n:
         raise ValueError(f"eval.batch_size={batch_size} must be divisible by the {n} processes")
     acc = RankingAccumulator(max_rank=max_rank)
-    for batch in make_eval_dataset(store, split=split, max_len=max_len, batch_size=batch_size // n):
+    for batch in make_eval_dataset(store, split=split, max_len=max_len, batch_size=batch_size // n,
+                                   max_users=max_users):
         rank_B, ce_B = eval_step(params, {k: v for k, v in batch.items() if k != "user_index_B"})
         acc.add(rank_B, ce_B, batch["weights_B"])
     if n > 1:

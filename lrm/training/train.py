@@ -125,7 +125,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         make_train_step(graphdef, tx, config.loss, num_items=store.num_items, jit=False), layout)
     eval_step = sharded.make_eval_step(graphdef, layout, temperature=config.loss.temperature,
                                        chunk_size=config.eval.chunk_size)
-    eval_kw = dict(max_len=config.data.max_len, batch_size=config.eval.batch_size, max_rank=config.eval.max_rank)
+    eval_kw = dict(max_len=config.data.max_len, batch_size=config.eval.batch_size, max_rank=config.eval.max_rank,
+                   max_users=config.eval.max_users)
     select_split = "valid" if has_valid else "test"
 
     train_ds = make_train_dataset(store, max_len=config.data.max_len, batch_size=local_batch,

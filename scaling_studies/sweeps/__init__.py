@@ -3,9 +3,10 @@
 A sweep module under this folder defines `SWEEP = Sweep(...)`. A run is the base config file plus
 `--config.key=value` overrides, so every run is one `python -m launch.train` command.
 
-Learning-rate rule (stated once, applied to every size): Adam LR scales as 1/width (muP-style for the
-hidden matrices), lr = base_lr · base_width / embed_dim; warmup is `warmup_fraction` of the run's steps
-(proportional to run length) with a warmup-stable-decay schedule.
+Learning-rate rule (stated once, applied to every size): lr = base_lr · (base_width / embed_dim)^width_exponent;
+exponent 1 is the muP-style 1/width rule for Adam on hidden matrices, a smaller one a rule fitted to an LR check
+when embedding tables (whose muP LR is width-independent) hold most parameters. Warmup is `warmup_fraction` of the
+run's steps (proportional to run length) with a warmup-stable-decay schedule.
 """
 from __future__ import annotations
 
@@ -37,9 +38,11 @@ class LRRule:
     base_lr: float = 1e-3
     base_width: int = 64
     warmup_fraction: float = 0.05
+    width_exponent: float = 1.0
 
     def apply(self, embed_dim: int, steps: int) -> dict[str, Any]:
-        return {"optim.learning_rate": self.base_lr * self.base_width / embed_dim, "optim.schedule": "wsd",
+        lr = self.base_lr * (self.base_width / embed_dim) ** self.width_exponent
+        return {"optim.learning_rate": lr, "optim.schedule": "wsd",
                 "optim.warmup_steps": int(self.warmup_fraction * steps)}
 
 
