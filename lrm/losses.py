@@ -12,10 +12,13 @@ dtype.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lrm import sharding
 from lrm.models.embeddings import l2_normalize
 
 SCORINGS = ("auto", "gather", "dense")
@@ -70,6 +73,40 @@ def sample_negatives(key: jax.Array, shape: tuple[int, ...], num_rows: int) -> j
     return jax.random.randint(key, shape, 1, num_rows, dtype=jnp.int32)
 
 
+def _gathered_logits(user_BxLxD: jax.Array, table_RxD: jax.Array, rows_BxLxK: jax.Array,
+                     temperature: float) -> jax.Array:
+    rows_BxLxKxD = l2_normalize(jnp.take(table_RxD, rows_BxLxK, axis=0))
+    return jnp.einsum("bld,blkd->blk", user_BxLxD, rows_BxLxKxD) / temperature
+
+
+def _shard_logits(table_RxD: jax.Array, first_row: jax.Array, user_BxLxD: jax.Array, ids_BxLxK: jax.Array, *,
+                  temperature: float, dense: bool, num_chunks: int = 1) -> tuple[jax.Array]:
+    """cos(user, item)/temperature for the ids among this shard's rows, 0 for the others (see map_row_shards).
+
+    `dense` scores all R local rows with one matmul and picks the ids; otherwise the ids' rows are gathered,
+    `num_chunks` batch slices at a time (rematerialised in the backward pass): a shard sees the batch of all
+    the devices it shares rows with, and gathering K rows of D floats for all of it at once would take that
+    many times the memory of an unsharded device.
+    """
+    num_local = table_RxD.shape[0]
+    local_BxLxK = ids_BxLxK - first_row
+    mine_BxLxK = (local_BxLxK >= 0) & (local_BxLxK < num_local)
+    local_BxLxK = jnp.clip(local_BxLxK, 0, num_local - 1)
+    batch = user_BxLxD.shape[0]
+    if dense:
+        logits_BxLxR = jnp.einsum("bld,rd->blr", user_BxLxD, l2_normalize(table_RxD)) / temperature
+        logits_BxLxK = jnp.take_along_axis(logits_BxLxR, local_BxLxK, axis=-1)
+    elif num_chunks > 1 and batch % num_chunks == 0:
+        chunk = functools.partial(_gathered_logits, table_RxD=table_RxD, temperature=temperature)
+        split = lambda x: x.reshape((num_chunks, batch // num_chunks) + x.shape[1:])  # noqa: E731
+        logits_CxbxLxK = jax.lax.map(jax.checkpoint(lambda xs: chunk(xs[0], rows_BxLxK=xs[1])),
+                                     (split(user_BxLxD), split(local_BxLxK)))
+        logits_BxLxK = logits_CxbxLxK.reshape(local_BxLxK.shape)
+    else:
+        logits_BxLxK = _gathered_logits(user_BxLxD, table_RxD, local_BxLxK, temperature)
+    return (jnp.where(mine_BxLxK, logits_BxLxK, 0.0),)
+
+
 def sampled_softmax_loss_with_negatives(user_emb_BxLxD: jax.Array, item_table_VxD: jax.Array,
                                         target_ids_BxL: jax.Array, negative_ids_BxLxK: jax.Array, *,
                                         temperature: float, scoring: str = "auto") -> tuple[jax.Array, dict]:
@@ -79,7 +116,8 @@ def sampled_softmax_loss_with_negatives(user_emb_BxLxD: jax.Array, item_table_Vx
     duplicates stay, as with-replacement sampling gives them. `scoring="gather"` gathers the B·L·K·D
     negative rows (ML-1M recipe: 128·201·128·50 floats ≈ 0.66 GB in float32); `"dense"` scores the whole
     normalised table with one matmul (B·L·V logits) and picks the K; `"auto"` takes dense when
-    V <= DENSE_SCORING_MAX_RATIO·K. Both give the same logits.
+    V <= DENSE_SCORING_MAX_RATIO·K. Both give the same logits. A table whose rows are split over the mesh
+    (`lrm.sharding.row_shards`) is scored shard by shard either way and never gathered.
     """
     _check_common(user_emb_BxLxD, item_table_VxD, target_ids_BxL, temperature)
     if negative_ids_BxLxK.ndim != 3 or negative_ids_BxLxK.shape[:2] != target_ids_BxL.shape:
@@ -92,7 +130,15 @@ def sampled_softmax_loss_with_negatives(user_emb_BxLxD: jax.Array, item_table_Vx
     user_BxLxD = user_emb_BxLxD.astype(jnp.float32)
     table_VxD = item_table_VxD.astype(jnp.float32)
     num_rows, num_negatives = table_VxD.shape[0], negative_ids_BxLxK.shape[-1]
-    if scoring == "dense" or (scoring == "auto" and num_rows <= DENSE_SCORING_MAX_RATIO * num_negatives):
+    dense = scoring == "dense" or (scoring == "auto" and num_rows <= DENSE_SCORING_MAX_RATIO * num_negatives)
+    shards = sharding.row_shards(table_VxD.shape)
+    if shards is not None:  # rows split over the mesh: score each id on the shard that holds its row
+        ids_BxLx1pK = jnp.concatenate([target_ids_BxL[:, :, None], negative_ids_BxLxK], axis=-1).astype(jnp.int32)
+        shard_fn = functools.partial(_shard_logits, temperature=temperature, dense=dense,
+                                     num_chunks=shards.scatter_size)
+        (logits_BxLx1pK,) = sharding.map_row_shards(shard_fn, shards, table_VxD, user_BxLxD, ids_BxLx1pK)
+        pos_logit_BxL, neg_logit_BxLxK = logits_BxLx1pK[:, :, 0], logits_BxLx1pK[:, :, 1:]
+    elif dense:
         # Same logits, computed as one [B·L, V] matmul plus a gather of K scalars per position: for small
         # catalogues far cheaper than gathering (and, backward, scatter-adding) K rows of D floats.
         logits_BxLxV = jnp.einsum("bld,vd->blv", user_BxLxD, l2_normalize(table_VxD)) / temperature
@@ -122,21 +168,23 @@ def sampled_softmax_loss(user_emb_BxLxD: jax.Array, item_table_VxD: jax.Array, t
                                                negative_ids_BxLxK, temperature=temperature, scoring=scoring)
 
 
-def _online_logsumexp(user_NxD: jax.Array, items_MxD: jax.Array, temperature: float,
-                      chunk_size: int) -> jax.Array:
-    """logsumexp over all M item logits per row, one [N, chunk] block at a time (memory O(N·chunk))."""
+def _logsumexp_parts(user_NxD: jax.Array, items_MxD: jax.Array, real_M: jax.Array, temperature: float,
+                     chunk_size: int | None) -> tuple[jax.Array, jax.Array]:
+    """(max_N, sum_N) with logsumexp over the real items = shift(max_N) + log(sum_N), where shift is max_N
+    (0 where no item is real) and max_N carries no gradient. Scanned one [N, chunk] block at a time when
+    `chunk_size` < M (memory O(N·chunk)); the parts of several row shards merge exactly (`_shard_full`)."""
     num_items = items_MxD.shape[0]
+    chunk_size = num_items if chunk_size is None else min(chunk_size, num_items)
     num_chunks = -(-num_items // chunk_size)
     padded_MxD = jnp.pad(items_MxD, ((0, num_chunks * chunk_size - num_items), (0, 0)))
     chunks_CxKxD = padded_MxD.reshape(num_chunks, chunk_size, -1)
-    starts_C = jnp.arange(num_chunks, dtype=jnp.int32) * chunk_size
+    real_CxK = jnp.pad(real_M, (0, num_chunks * chunk_size - num_items)).reshape(num_chunks, chunk_size)
 
     @jax.checkpoint  # keep only the carries for the backward pass, not every [N, chunk] block
     def step(carry, xs):
         max_N, sum_N = carry
-        chunk_KxD, start = xs
+        chunk_KxD, real_K = xs
         logits_NxK = (user_NxD @ chunk_KxD.T) / temperature
-        real_K = start + jnp.arange(chunk_size) < num_items
         logits_NxK = jnp.where(real_K[None, :], logits_NxK, -jnp.inf)
         # The shift is a constant for autodiff (as in jax.nn.logsumexp); the gradient stays the softmax.
         new_max_N = jax.lax.stop_gradient(jnp.maximum(max_N, jnp.max(logits_NxK, axis=1)))
@@ -145,31 +193,73 @@ def _online_logsumexp(user_NxD: jax.Array, items_MxD: jax.Array, temperature: fl
         return (new_max_N, sum_N), None
 
     init = (jnp.full(user_NxD.shape[:1], -jnp.inf, jnp.float32), jnp.zeros(user_NxD.shape[:1], jnp.float32))
-    (max_N, sum_N), _ = jax.lax.scan(step, init, (chunks_CxKxD, starts_C))
-    return max_N + jnp.log(sum_N)
+    # The first block runs outside the scan, so that inside shard_map the carry already varies over the
+    # same mesh axes as the blocks (scan needs equal carry types in and out).
+    carry, _ = step(init, (chunks_CxKxD[0], real_CxK[0]))
+    if num_chunks > 1:
+        carry, _ = jax.lax.scan(step, carry, (chunks_CxKxD[1:], real_CxK[1:]))
+    return carry
+
+
+def _shard_full(table_RxD: jax.Array, first_row: jax.Array, user_BxLxD: jax.Array, target_ids_BxL: jax.Array, *,
+                num_items: int, temperature: float, chunk_size: int | None,
+                row_axes: tuple[str, ...]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One row shard's part of the full softmax (see map_row_shards): the positive logit of the targets it
+    holds, its items' sum of exp(logit − max) under the max over all shards, and that max (from shard 0 only,
+    so that the sum over shards gives it once)."""
+    batch, length, dim = user_BxLxD.shape
+    ids_R = first_row + jnp.arange(table_RxD.shape[0])
+    real_R = (ids_R >= 1) & (ids_R <= num_items)  # not padding row 0, not the rows padded for sharding
+    user_NxD = user_BxLxD.reshape(batch * length, dim)
+    max_N, sum_N = _logsumexp_parts(user_NxD, l2_normalize(table_RxD), real_R, temperature, chunk_size)
+    global_max_N = jax.lax.pmax(max_N, row_axes)
+    shift_N = jnp.where(jnp.isfinite(max_N), max_N, 0.0)
+    part_N = sum_N * jnp.exp(shift_N - global_max_N)
+    (pos_BxLx1,) = _shard_logits(table_RxD, first_row, user_BxLxD, target_ids_BxL[:, :, None],
+                                 temperature=temperature, dense=False)
+    max_once_N = jnp.where(first_row == 0, global_max_N, 0.0)
+    return pos_BxLx1[:, :, 0], part_N.reshape(batch, length), max_once_N.reshape(batch, length)
 
 
 def full_softmax_loss(user_emb_BxLxD: jax.Array, item_table_VxD: jax.Array, target_ids_BxL: jax.Array, *,
-                      temperature: float, chunk_size: int | None = None) -> tuple[jax.Array, dict]:
-    """Exact CE over all real items 1..V-1 (padding 0 is not a class).
+                      temperature: float, chunk_size: int | None = None,
+                      num_items: int | None = None) -> tuple[jax.Array, dict]:
+    """Exact CE over all real items 1..num_items (padding 0 is not a class).
 
+    `num_items` (default V - 1): rows beyond it are padding added for sharding and are not classes either.
     With `chunk_size`, the item table is scanned in blocks with an online logsumexp and rematerialised
     in the backward pass, so memory is O(B·L·chunk) instead of O(B·L·V); the result equals the
-    unchunked one up to float rounding.
+    unchunked one up to float rounding. A table whose rows are split over the mesh is scored shard by shard
+    (each shard's logsumexp merged across shards) and never gathered.
     """
     _check_common(user_emb_BxLxD, item_table_VxD, target_ids_BxL, temperature)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+    num_rows = item_table_VxD.shape[0]
+    num_items = num_rows - 1 if num_items is None else num_items
+    if not 1 <= num_items <= num_rows - 1:
+        raise ValueError(f"num_items={num_items} must be in [1, {num_rows - 1}] for a table of {num_rows} rows")
+    check_ids("target_ids_BxL", target_ids_BxL, num_items + 1)
     batch, length, dim = user_emb_BxLxD.shape
-    user_NxD = user_emb_BxLxD.astype(jnp.float32).reshape(batch * length, dim)
     table_VxD = item_table_VxD.astype(jnp.float32)
-    items_MxD = l2_normalize(table_VxD[1:])  # class m is item id m + 1
+    shards = sharding.row_shards(table_VxD.shape)
+    if shards is not None:
+        shard_fn = functools.partial(_shard_full, num_items=num_items, temperature=temperature,
+                                     chunk_size=chunk_size, row_axes=shards.row_axes)
+        pos_BxL, sum_BxL, max_BxL = sharding.map_row_shards(shard_fn, shards, table_VxD,
+                                                            user_emb_BxLxD.astype(jnp.float32),
+                                                            target_ids_BxL.astype(jnp.int32))
+        return _reduce(max_BxL + jnp.log(sum_BxL) - pos_BxL, target_ids_BxL > 0)
 
+    user_NxD = user_emb_BxLxD.astype(jnp.float32).reshape(batch * length, dim)
+    items_MxD = l2_normalize(table_VxD[1:num_items + 1])  # class m is item id m + 1
     pos_N = jnp.sum(user_NxD * l2_normalize(jnp.take(table_VxD, target_ids_BxL.reshape(-1), axis=0)), axis=-1)
     pos_N = pos_N / temperature
     if chunk_size is None or chunk_size >= items_MxD.shape[0]:
         lse_N = jax.nn.logsumexp((user_NxD @ items_MxD.T) / temperature, axis=-1)
     else:
-        lse_N = _online_logsumexp(user_NxD, items_MxD, temperature, chunk_size)
+        max_N, sum_N = _logsumexp_parts(user_NxD, items_MxD, jnp.ones(items_MxD.shape[0], bool), temperature,
+                                        chunk_size)
+        lse_N = max_N + jnp.log(sum_N)
     loss_BxL = (lse_N - pos_N).reshape(batch, length)
     return _reduce(loss_BxL, target_ids_BxL > 0)

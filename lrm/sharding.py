@@ -7,8 +7,9 @@ in config (`config.mesh`); the rules below then give every parameter and activat
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -194,6 +195,96 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
         return x
     spec = logical_to_spec(logical_axes, x.shape, dict(mesh.shape), _ACTIVE_RULES[-1])
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+@dataclasses.dataclass(frozen=True)
+class RowShards:
+    """How the active mesh splits an item table's rows, for the per-shard lookups of `map_row_shards`."""
+
+    mesh: Mesh
+    table_spec: P  # the table's own PartitionSpec: the map takes the shards where they already are
+    row_axes: tuple[str, ...]  # mesh axes over the rows, major first
+    width_axes: tuple[str, ...]  # mesh axes over the width (the table's FSDP split when the rows skip fsdp)
+    batch_axes: tuple[str, ...]  # batch axes the rows do not use: the batch stays split over them in the map
+    scatter_axes: tuple[str, ...]  # batch axes the rows also use: partial sums are reduce-scattered over them
+
+    @property
+    def num_shards(self) -> int:
+        return math.prod(self.mesh.shape[a] for a in self.row_axes)
+
+    @property
+    def scatter_size(self) -> int:
+        """How many devices' batch slices each shard scores (its own included): the scatter axes' product."""
+        return math.prod(self.mesh.shape[a] for a in self.scatter_axes)
+
+
+def _axes(entry: Any) -> tuple[str, ...]:
+    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def row_shards(table_shape: Sequence[int]) -> RowShards | None:
+    """The split of a ("vocab", "embed") table under the mesh of `use_mesh`, or None when every device holds
+    all rows (no mesh, one device, or row axes of size 1): callers then take the plain jnp path.
+
+    The one place that decides between a plain gather and the per-shard lookup: XLA partitions a row gather
+    on a table whose rows share a mesh axis with the batch by all-gathering table rows (half the table on
+    2x2x2, all of it on 1x8x1), so every lookup of a split table goes through `map_row_shards` instead.
+    """
+    mesh = _current_mesh()
+    if mesh is None or math.prod(mesh.shape.values()) == 1:
+        return None
+    sizes = dict(mesh.shape)
+    spec = logical_to_spec(("vocab", "embed"), table_shape, sizes, _ACTIVE_RULES[-1])
+    row_axes = _axes(spec[0]) if len(spec) else ()
+    if not row_axes:
+        return None
+    width_axes = _axes(spec[1]) if len(spec) > 1 else ()
+    split = tuple(a for a in BATCH_AXES if sizes[a] > 1)
+    return RowShards(mesh, spec, row_axes, width_axes, tuple(a for a in split if a not in row_axes),
+                     tuple(a for a in split if a in row_axes))
+
+
+def shard_map(f: Callable, mesh: Mesh, in_specs: Any, out_specs: Any) -> Callable:
+    """`jax.shard_map` (jax >= 0.6) or `jax.experimental.shard_map` (older), with replication checks on so
+    that autodiff transposes the collectives exactly."""
+    if hasattr(jax, "shard_map"):
+        return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+    from jax.experimental.shard_map import shard_map as experimental_shard_map
+
+    return experimental_shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+
+
+def map_row_shards(fn: Callable[..., tuple[jax.Array, ...]], shards: RowShards, table_VxD: jax.Array,
+                   *batch_args: jax.Array) -> tuple[jax.Array, ...]:
+    """Sum over the row shards of `fn(table_RxD, first_row, *local_batch_args)`, run on every device.
+
+    `fn` sees only the R rows this device holds (ids `first_row .. first_row + R - 1`) and returns partial
+    results, each with the batch as its leading dimension, that are exact for the ids it holds and zero for
+    the others. The batch arguments (ids, user embeddings: small next to the table) are all-gathered over
+    the row axes so that every shard sees every id; the partial results are reduce-scattered back to the
+    batch sharding over the axes the batch shares with the rows and summed over the rest. No table row
+    leaves its device, and autodiff gives a row-sharded table gradient.
+    """
+    sizes = dict(shards.mesh.shape)
+    batch = batch_args[0].shape[0]
+    batch_axes, scatter_axes = shards.batch_axes, shards.scatter_axes
+    if batch % math.prod(sizes[a] for a in batch_axes + scatter_axes):
+        batch_axes, scatter_axes = (), ()  # an odd batch: every device keeps all rows of it
+    rest_axes = tuple(a for a in shards.row_axes if a not in scatter_axes)
+
+    def local(table_RxD, *args):
+        if shards.width_axes:  # FSDP-split width: gather this shard's columns (its own rows only)
+            table_RxD = jax.lax.all_gather(table_RxD, shards.width_axes, axis=1, tiled=True)
+        first_row = jax.lax.axis_index(shards.row_axes) * table_RxD.shape[0]
+        outs = tuple(fn(table_RxD, first_row, *args))
+        if scatter_axes:
+            outs = tuple(jax.lax.psum_scatter(x, scatter_axes, scatter_dimension=0, tiled=True) for x in outs)
+        return tuple(jax.lax.psum(x, rest_axes) for x in outs) if rest_axes else outs
+
+    in_batch = P(batch_axes or None)
+    mapped = shard_map(local, shards.mesh, in_specs=(shards.table_spec,) + (in_batch,) * len(batch_args),
+                       out_specs=P((batch_axes + scatter_axes) or None))  # one spec for every output
+    return mapped(table_VxD, *batch_args)
 
 
 _ACTIVE: list[Mesh] = []

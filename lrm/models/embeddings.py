@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lrm import sharding
+
 BATCH_KEYS = (
     "item_ids_BxL",
     "timestamps_BxL",
@@ -82,6 +84,29 @@ def _lookup(table_VxD: jax.Array, ids: jax.Array) -> jax.Array:
     return jnp.take(table_VxD, ids, axis=0, mode="fill", fill_value=jnp.nan)
 
 
+def _rows_of_shard(table_RxD: jax.Array, first_row: jax.Array, ids: jax.Array) -> tuple[jax.Array]:
+    """The rows of the ids this shard holds, zeros for the others (summed over shards by the caller)."""
+    local = ids - first_row
+    mine = (local >= 0) & (local < table_RxD.shape[0])
+    rows = jnp.take(table_RxD, jnp.clip(local, 0, table_RxD.shape[0] - 1), axis=0)
+    return (jnp.where(mine[..., None], rows, jnp.zeros((), rows.dtype)),)
+
+
+def lookup_rows(table_VxD: jax.Array, ids: jax.Array) -> jax.Array:
+    """Rows of an item table for ids with a leading batch dim; an out-of-range id gives a NaN row.
+
+    A table whose rows are split over the mesh (`sharding.row_shards`) is looked up shard by shard, so the
+    table is never gathered; otherwise this is a plain gather.
+    """
+    shards = sharding.row_shards(table_VxD.shape)
+    if shards is None:
+        return _lookup(table_VxD, ids)
+    ids = ids.astype(jnp.int32)
+    (rows,) = sharding.map_row_shards(_rows_of_shard, shards, table_VxD, ids)
+    bad = (ids < 0) | (ids >= table_VxD.shape[0])
+    return jnp.where(bad[..., None], jnp.asarray(jnp.nan, rows.dtype), rows)
+
+
 class ItemEmbedding(nnx.Module):
     """(num_items + 1, D) table; id 0 is padding (its row starts at zero and is never read unmasked)."""
 
@@ -94,7 +119,7 @@ class ItemEmbedding(nnx.Module):
         self.table = nnx.Param(table.at[0].set(0.0), logical_axes=("vocab", "embed"))
 
     def __call__(self, ids_BxL: jax.Array) -> jax.Array:
-        return _lookup(self.table[...], ids_BxL)
+        return lookup_rows(self.table[...], ids_BxL)
 
 
 class InputEmbedding(nnx.Module):

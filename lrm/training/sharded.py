@@ -2,7 +2,7 @@
 steps jit-compiled with explicit in/out shardings, and batches assembled from each process's share.
 
 The item table's rows are padded to a multiple of the vocab shard count; padding rows are zero, get no
-gradient, are never sampled as negatives, never enter a softmax and never rank (see `item_rows`).
+gradient, are never sampled as negatives, never enter a softmax and never rank (see `padded_table_loss`).
 """
 from __future__ import annotations
 
@@ -54,18 +54,14 @@ class Layout:
         return math.prod(self.sizes[a] for a in shd.BATCH_AXES)
 
 
-def item_rows(table_VxD: jax.Array, num_items: int) -> jax.Array:
-    """The real rows (padding id 0 plus items 1..num_items) of a possibly vocab-padded table."""
-    return table_VxD if table_VxD.shape[0] == num_items + 1 else table_VxD[: num_items + 1]
-
-
 def padded_table_loss(user_emb_BxLxD: jax.Array, table_VxD: jax.Array, target_ids_BxL: jax.Array, key: jax.Array,
                       *, num_items: int, loss_cfg: Any) -> tuple[jax.Array, dict]:
     """The configured loss on a vocab-padded table, equal to the loss on the real rows.
 
-    Sampled softmax keeps the padded table whole (slicing a row-sharded array reshards it, which gathers
-    table rows) and draws the negatives from the real ids 1..num_items exactly as `sampled_softmax_loss` does
-    on an unpadded table. The full softmax needs the real rows only, so it slices.
+    Both losses take the padded table whole (slicing a row-sharded array reshards it, which gathers table
+    rows) and score it shard by shard (`lrm.losses`). Sampled softmax draws the negatives from the real ids
+    1..num_items exactly as `sampled_softmax_loss` does on an unpadded table; the full softmax is told which
+    rows are items.
     """
     if loss_cfg.kind == "sampled_softmax":
         if loss_cfg.num_negatives < 1:
@@ -75,8 +71,8 @@ def padded_table_loss(user_emb_BxLxD: jax.Array, table_VxD: jax.Array, target_id
         return losses.sampled_softmax_loss_with_negatives(
             user_emb_BxLxD, table_VxD, target_ids_BxL, negative_ids_BxLxK, temperature=loss_cfg.temperature,
             scoring=loss_cfg.get("scoring", "auto"))
-    return losses.full_softmax_loss(user_emb_BxLxD, item_rows(table_VxD, num_items), target_ids_BxL,
-                                    temperature=loss_cfg.temperature)
+    return losses.full_softmax_loss(user_emb_BxLxD, table_VxD, target_ids_BxL, temperature=loss_cfg.temperature,
+                                    num_items=num_items)
 
 
 def pad_vocab(params: nnx.State, rows: int) -> nnx.State:
