@@ -6,10 +6,16 @@ out in docs HSTU_REFERENCE.md. Per layer:
   xn = LN(x); u, v, q, k = split(silu(xn @ W_uvqk)); A = silu(q·kᵀ + rab) / N (causal);
   y = u * LN(A @ v); out = x + Linear(dropout(y)).
 No FFN, no final LayerNorm; the stack output is L2-normalised.
+
+`num_candidates=M` (M-FALCON, the paper's many-candidate inference): the last M valid tokens of each row are
+candidates that see the history and themselves, not each other; every candidate sits at position n (the
+next event's) and the relative position bias is indexed by `positions_BxL`, so each candidate's output is
+what the model gives for "history, then this candidate", for all M candidates in one pass.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Mapping
 
@@ -17,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lrm.kernels.hstu_attention import IMPLS, hstu_attention
+from lrm.kernels.hstu_attention import IMPLS, hstu_attention, relative_bias
 from lrm.models import embeddings, stack
 
 QK_SCALES = ("none", "rsqrt")
@@ -77,6 +83,39 @@ class HSTUConfig:
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"model config: {name} must be one of {choices}, got {value!r}")
+
+
+def check_num_candidates(num_candidates: object, attention_impl: str) -> str:
+    """The attention impl a call with `num_candidates` runs: the given one, or "xla" for candidates.
+
+    Candidates share one position, so the in-kernel position bias (indexed by slot) cannot score them: the
+    Pallas kernels are not used for such calls (impl "auto" falls back to "xla", "pallas" is an error).
+    """
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 0:
+        raise ValueError(f"num_candidates must be an int >= 0, got {num_candidates!r}")
+    if num_candidates == 0:
+        return attention_impl
+    if attention_impl == "pallas":
+        raise NotImplementedError(
+            f"num_candidates={num_candidates} (M-FALCON candidate scoring) is not supported with "
+            "model.attention_impl='pallas': the kernels index the position bias by slot, candidates share "
+            "one position; use model.attention_impl='xla' (or 'auto', which falls back to it) for these calls")
+    return "xla"
+
+
+def embed_tokens(embed: embeddings.InputEmbedding, batch: Mapping[str, jax.Array], *, rate: float,
+                 deterministic: bool, dropout_key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """`embed(batch)` token by token, for candidate rows: they may hold more slots than the position table
+    has rows (all candidates share position n), so only positions, not the slot count, must fit the table."""
+    ids_BxL = jnp.asarray(batch["item_ids_BxL"])
+    B, L = ids_BxL.shape
+    valid_BxL = embeddings.valid_mask_BxL(batch)
+    valid_T = valid_BxL.reshape(B * L).astype(jnp.int32)
+    tokens = {"item_ids_BxL": ids_BxL.reshape(B * L, 1),
+              "positions_BxL": jnp.asarray(batch["positions_BxL"]).reshape(B * L, 1),
+              "segment_ids_BxL": valid_T[:, None], "lengths_B": valid_T}
+    x_Tx1xD, _ = embed(tokens, rate=rate, deterministic=deterministic, dropout_key=dropout_key)
+    return x_Tx1xD.reshape(B, L, -1), valid_BxL
 
 
 class LayerNorm(nnx.Module):
@@ -157,10 +196,12 @@ class HSTULayer(nnx.Module):
         *,
         deterministic: bool,
         dropout_key: jax.Array | None,
+        num_candidates: int = 0,
     ) -> jax.Array:
         cfg = self.cfg
         dtype = DTYPES[cfg.dtype]
         B, L, _ = x_BxLxD.shape
+        impl = check_num_candidates(num_candidates, cfg.attention_impl)
         xn_BxLxD = self.input_norm(x_BxLxD)
         h_BxLx4xHxd = jnp.einsum("bld,dkhe->blkhe", xn_BxLxD.astype(dtype), self.uvqk[...].astype(dtype))
         if cfg.silu_on == "uvqk":
@@ -170,22 +211,36 @@ class HSTULayer(nnx.Module):
             u_BxLxHxd = jax.nn.silu(u_BxLxHxd)
 
         pos_table, time_table = self.rel_bias.tables()
+        timestamps_BxL = None if time_table is None else jnp.asarray(batch["timestamps_BxL"])
+        query_timestamps_BxL = None if time_table is None else jnp.asarray(batch["target_timestamps_BxL"])
+        dense_bias_BxLxL = num_targets_B = None
+        if num_candidates:
+            # The whole relative bias, indexed by positions (candidates share position n), enters as a dense
+            # bias in the order the reference adds it; the tables are not passed again.
+            dense_bias_BxLxL = relative_bias.relative_bias_BxLxL(
+                L=L, pos_bias_table=pos_table, time_bias_table=time_table, timestamps_BxL=timestamps_BxL,
+                query_timestamps_BxL=query_timestamps_BxL, num_time_buckets=cfg.num_time_buckets,
+                time_bucket_divisor=cfg.time_bucket_divisor, positions_BxL=jnp.asarray(batch["positions_BxL"]))
+            pos_table = time_table = timestamps_BxL = query_timestamps_BxL = None
+            num_targets_B = jnp.full((B,), num_candidates, jnp.int32)
         o_BxLxHxd = hstu_attention(
             q_BxLxHxd,
             k_BxLxHxd,
             v_BxLxHxd,
             segment_ids_BxL=jnp.asarray(batch["segment_ids_BxL"]),
             lengths_B=jnp.asarray(batch["lengths_B"]),
+            num_targets_B=num_targets_B,
             pos_bias_table=pos_table,
             time_bias_table=time_table,
-            timestamps_BxL=None if time_table is None else jnp.asarray(batch["timestamps_BxL"]),
-            query_timestamps_BxL=None if time_table is None else jnp.asarray(batch["target_timestamps_BxL"]),
+            timestamps_BxL=timestamps_BxL,
+            query_timestamps_BxL=query_timestamps_BxL,
+            dense_bias=dense_bias_BxLxL,
             alpha=cfg.alpha,
             norm_len=cfg.max_seq_len,
             activation="silu",
             num_time_buckets=cfg.num_time_buckets,
             time_bucket_divisor=cfg.time_bucket_divisor,
-            impl=cfg.attention_impl,
+            impl=impl,
         )
         o_BxLxHd = self.attn_norm(o_BxLxHxd.reshape(B, L, -1))
         y_BxLxHd = u_BxLxHxd.reshape(B, L, -1).astype(jnp.float32) * o_BxLxHd
@@ -216,9 +271,14 @@ class HSTU(nnx.Module):
         *,
         deterministic: bool,
         dropout_key: jax.Array | None = None,
+        num_candidates: int = 0,
     ) -> jax.Array:
+        """`num_candidates`: the last that many valid tokens of every row are M-FALCON candidates (module
+        docstring); 0 is the ordinary causal model."""
         embeddings.check_item_ids(batch["item_ids_BxL"], self.num_items)
-        x_BxLxD, valid_BxL = self.embed(
+        check_num_candidates(num_candidates, self.cfg.attention_impl)
+        embed = self.embed if num_candidates == 0 else functools.partial(embed_tokens, self.embed)
+        x_BxLxD, valid_BxL = embed(
             batch,
             rate=self.cfg.dropout,
             deterministic=deterministic,
@@ -231,6 +291,7 @@ class HSTU(nnx.Module):
                 batch,
                 deterministic=deterministic,
                 dropout_key=embeddings.site_key(dropout_key, layer_index + 1),
+                num_candidates=num_candidates,
             )
             # Padded slots do not exist in the reference's jagged layout; keep them at zero.
             return jnp.where(valid_BxL[..., None], x_BxLxD, 0.0)

@@ -6,10 +6,13 @@ Matches meta-recsys/generative-recommenders, generative_recommenders/research/mo
 with `F.layer_norm` (no affine, eps 1e-8) and torch MultiheadAttention (in-projection with bias, dropout on
 the attention weights at the FFN dropout rate, out-projection with bias). The reference has no final
 LayerNorm: its output postprocessor only L2-normalises.
+`num_candidates=M` scores M-FALCON candidates as in lrm/models/hstu.py (no relative bias here: the absolute
+position embedding of `positions_BxL` places every candidate at position n).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Mapping
 
@@ -19,7 +22,7 @@ from flax import nnx
 
 from lrm.kernels.hstu_attention import IMPLS, hstu_attention
 from lrm.models import embeddings, stack
-from lrm.models.hstu import DTYPES, LayerNorm, check_choice
+from lrm.models.hstu import DTYPES, LayerNorm, check_choice, embed_tokens
 
 LN_EPS = 1e-8  # the reference's F.layer_norm(..., eps=1e-8)
 
@@ -100,6 +103,7 @@ class SASRecBlock(nnx.Module):
         *,
         deterministic: bool,
         dropout_key: jax.Array | None,
+        num_candidates: int = 0,
     ) -> jax.Array:
         cfg = self.cfg
         dtype = DTYPES[cfg.dtype]
@@ -117,6 +121,7 @@ class SASRecBlock(nnx.Module):
             v_BxLxHxd.astype(dtype),
             segment_ids_BxL=jnp.asarray(batch["segment_ids_BxL"]),
             lengths_B=jnp.asarray(batch["lengths_B"]),
+            num_targets_B=jnp.full((B,), num_candidates, jnp.int32) if num_candidates else None,
             alpha=1.0 / math.sqrt(cfg.head_dim),
             activation="softmax",
             dropout_rate=attn_rate,
@@ -161,9 +166,14 @@ class SASRec(nnx.Module):
         *,
         deterministic: bool,
         dropout_key: jax.Array | None = None,
+        num_candidates: int = 0,
     ) -> jax.Array:
+        """`num_candidates`: the last that many valid tokens of every row are candidates (module docstring)."""
         embeddings.check_item_ids(batch["item_ids_BxL"], self.num_items)
-        x_BxLxD, valid_BxL = self.embed(
+        if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 0:
+            raise ValueError(f"num_candidates must be an int >= 0, got {num_candidates!r}")
+        embed = self.embed if num_candidates == 0 else functools.partial(embed_tokens, self.embed)
+        x_BxLxD, valid_BxL = embed(
             batch,
             rate=self.cfg.dropout,
             deterministic=deterministic,
@@ -177,6 +187,7 @@ class SASRec(nnx.Module):
                 valid_BxL,
                 deterministic=deterministic,
                 dropout_key=embeddings.site_key(dropout_key, block_index + 1),
+                num_candidates=num_candidates,
             )
 
         x_BxLxD = stack.run_blocks(list(self.blocks), x_BxLxD, apply, remat=self.cfg.remat,

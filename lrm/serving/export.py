@@ -3,6 +3,9 @@
 Artifact directory:
   encoder.jaxexport   jax.export (StableHLO) of (item_ids_BxN, timestamps_BxN, query_time_B) → user_emb_BxD,
                       L2-normalised, of the newest event; batch size symbolic, N = max_len fixed
+  candidates.jaxexport  (item_ids_BxN, timestamps_BxN, query_time_B, candidates_BxM) → (retrieval_BxM,
+                      target_aware_BxM): M-FALCON scores of M candidates per user in one pass
+                      (lrm.models.retrieval.score_candidates); M = num_candidates fixed at export
   item_table.npy      (num_items + 1, D) float32, L2-normalised rows (row 0 is padding)
   item_ids.npy        (num_items + 1,) source id of each item id, only when the store remapped ids
   metadata.json       config hash, max_len, ids, dataset, metrics, jax version, platforms, signatures
@@ -24,11 +27,12 @@ from flax import nnx
 
 from data_pipeline.store import SequenceStore
 from lrm.models import build_model
-from lrm.models.retrieval import last_token_embeddings, normalized_item_table
+from lrm.models.retrieval import last_token_embeddings, normalized_item_table, score_candidates
 from lrm.training.checkpointing import load_params
 from lrm.training.data import store_path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: candidates.jaxexport (M-FALCON scoring); loaders read 1 without that function
+DEFAULT_NUM_CANDIDATES = 128
 PLATFORM_CHOICES = (("cpu", "cuda", "tpu"), ("cpu", "cuda"), ("cpu",))
 
 
@@ -69,6 +73,17 @@ def serving_function(model: nnx.Module) -> Callable:
     return encode
 
 
+def candidates_function(model: nnx.Module) -> Callable:
+    """M-FALCON candidate scoring as a pure function of arrays, closing over the model's parameters."""
+    graphdef, params = nnx.split(model)
+
+    def score(item_ids_BxN, timestamps_BxN, query_time_B, candidates_BxM):
+        return score_candidates(nnx.merge(graphdef, params), item_ids_BxN, timestamps_BxN, query_time_B,
+                                candidates_BxM)
+
+    return score
+
+
 def export_function(fn: Callable, args: list, platforms: tuple[str, ...] | None) -> tuple[bytes, tuple[str, ...]]:
     """Serialized `jax.export` of `fn` for `platforms`, or for the largest of PLATFORM_CHOICES that lowers."""
     choices = [platforms] if platforms else list(PLATFORM_CHOICES)
@@ -98,8 +113,14 @@ def build_from_workdir(workdir: Path) -> tuple[nnx.Module, dict, dict, SequenceS
     return model, config.to_dict(), meta, store
 
 
-def export_artifact(workdir: str | Path, output: str | Path, *, platforms: tuple[str, ...] | None = None) -> Path:
-    """Writes the artifact of `workdir`'s best parameters into `output`; returns `output`."""
+def export_artifact(workdir: str | Path, output: str | Path, *, platforms: tuple[str, ...] | None = None,
+                    num_candidates: int = DEFAULT_NUM_CANDIDATES) -> Path:
+    """Writes the artifact of `workdir`'s best parameters into `output`; returns `output`.
+
+    `num_candidates`: M, the most candidates per user one `candidates.jaxexport` call scores.
+    """
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
+        raise ValueError(f"num_candidates must be a positive int, got {num_candidates!r}")
     workdir, output = Path(workdir), Path(output)
     model, config, meta, store = build_from_workdir(workdir)
     max_len = int(config["data"]["max_len"])
@@ -108,10 +129,13 @@ def export_artifact(workdir: str | Path, output: str | Path, *, platforms: tuple
     hist = [jax.ShapeDtypeStruct((b, max_len), jnp.int32), jax.ShapeDtypeStruct((b, max_len), jnp.int32),
             jax.ShapeDtypeStruct((b,), jnp.int32)]
     encoder_bytes, plats = export_function(encode, hist, platforms)
+    candidates_bytes, _ = export_function(candidates_function(model),
+                                          hist + [jax.ShapeDtypeStruct((b, num_candidates), jnp.int32)], plats)
     table = np.asarray(normalized_item_table(model.item_table()), np.float32)
 
     output.mkdir(parents=True, exist_ok=True)
     (output / "encoder.jaxexport").write_bytes(encoder_bytes)
+    (output / "candidates.jaxexport").write_bytes(candidates_bytes)
     np.save(output / "item_table.npy", table)
     if store.item_raw_ids is not None:
         np.save(output / "item_ids.npy", np.asarray(store.item_raw_ids))
@@ -124,6 +148,7 @@ def export_artifact(workdir: str | Path, output: str | Path, *, platforms: tuple
         "dataset": store.dataset,
         "protocol": store.protocol,
         "max_len": max_len,
+        "num_candidates": num_candidates,
         "num_items": store.num_items,
         "embed_dim": int(table.shape[1]),
         "time_bias": bool(config["model"]["use_time_bias"]),
@@ -137,6 +162,12 @@ def export_artifact(workdir: str | Path, output: str | Path, *, platforms: tuple
         "functions": {
             "encoder": "(item_ids int32[b, max_len], timestamps int32[b, max_len], query_time int32[b]) "
                        "-> float32[b, D]; histories right-padded with 0",
+            "candidates": "(item_ids int32[b, max_len], timestamps int32[b, max_len], query_time int32[b], "
+                          "candidates int32[b, num_candidates]) -> (retrieval float32[b, num_candidates], "
+                          "target_aware float32[b, num_candidates]); retrieval = cosine(user embedding of the "
+                          "last history event, candidate item), as /recommend ranks; target_aware = "
+                          "cosine(output at the candidate appended as the next event, candidate item), "
+                          "candidates masked from each other (M-FALCON)",
         },
         "config": config,
     }

@@ -41,16 +41,22 @@ def _as_int_rows(name: str, rows: object) -> list[np.ndarray]:
     return out
 
 
+SCORE_KINDS = ("retrieval", "target_aware")
+
+
 class Recommender:
-    """`Recommender.load(path).recommend(item_ids, timestamps, k)` → (item_ids [B, k], scores [B, k])."""
+    """`Recommender.load(path).recommend(item_ids, timestamps, k)` → (item_ids [B, k], scores [B, k]);
+    `.score_candidates(item_ids, timestamps, candidates)` → one score array per user."""
 
     def __init__(self, path: Path, metadata: dict, encoder: jax.export.Exported, table_VxD: np.ndarray,
-                 source_ids_V: np.ndarray | None):
+                 source_ids_V: np.ndarray | None, candidates: jax.export.Exported | None = None):
         self.path = path
         self.metadata = metadata
         self.max_len = int(metadata["max_len"])
         self.num_items = int(metadata["num_items"])
+        self.num_candidates = int(metadata["num_candidates"]) if candidates is not None else 0
         self._encoder = encoder
+        self._candidates = candidates
         self._table_VxD = jnp.asarray(table_VxD)
         self._source_ids_V = source_ids_V
         self._to_internal = (None if source_ids_V is None
@@ -74,7 +80,10 @@ class Recommender:
             raise ValueError(f"{path / 'item_table.npy'}: shape {table.shape} does not match metadata.json")
         ids_path = path / "item_ids.npy"
         source_ids = np.load(ids_path, allow_pickle=False) if ids_path.exists() else None
-        return cls(path, metadata, encoder, table, source_ids)
+        candidates_path = path / "candidates.jaxexport"  # absent in format 1 artifacts
+        candidates = (jax.export.deserialize(bytearray(candidates_path.read_bytes()))
+                      if candidates_path.exists() else None)
+        return cls(path, metadata, encoder, table, source_ids, candidates)
 
     # ---------------------------------------------------------------------------------------- inputs
     def internal_ids(self, ids: np.ndarray, where: str) -> np.ndarray:
@@ -155,3 +164,35 @@ class Recommender:
         scores_BxK, rows_BxK = self._top_k(user_BxD, jnp.asarray(ids_BxN), self._table_VxD, k=int(k),
                                            exclude_history=exclude_history)
         return self.source_ids(np.asarray(rows_BxK)), np.asarray(scores_BxK)
+
+    def score_candidates(self, item_ids: object, timestamps: object, candidates: object,
+                         query_time: Sequence[int] | None = None, *, kind: str = "retrieval") -> list[np.ndarray]:
+        """Scores (float32, one array per user, in the order given) of each user's candidate items.
+
+        One pass of the exported M-FALCON function per request: histories as for `recommend`, candidates
+        as per-user lists of dataset item ids (1..num_candidates of them, repeats allowed). `kind`:
+        "retrieval" (cosine with the user embedding: the scores `recommend` ranks by) or "target_aware"
+        (cosine with the output at the candidate appended as the next event; see metadata.json).
+        """
+        if self._candidates is None:
+            raise RequestError(f"{self.path}: this artifact (format_version "
+                               f"{self.metadata.get('format_version')}) has no candidates function; re-export it")
+        if kind not in SCORE_KINDS:
+            raise RequestError(f"kind must be one of {SCORE_KINDS}, got {kind!r}")
+        ids_BxN, ts_BxN, q_B = self.prepare(item_ids, timestamps, query_time)
+        rows = _as_int_rows("candidates", candidates)
+        B, M = ids_BxN.shape[0], self.num_candidates
+        if len(rows) != B:
+            raise RequestError(f"candidates has {len(rows)} users, item_ids {B}")
+        cands_BxM = np.zeros((B, M), np.int32)
+        for u, row in enumerate(rows):
+            if not 1 <= row.size <= M:
+                raise RequestError(f"candidates[{u}]: {row.size} candidates; this artifact scores 1..{M} per user "
+                                   "(num_candidates at export)")
+            cands_BxM[u, : row.size] = self.internal_ids(row, f"candidates[{u}]")
+            cands_BxM[u, row.size:] = cands_BxM[u, 0]  # fill with a real item; those scores are dropped
+        retrieval_BxM, target_aware_BxM = self._candidates.call(
+            jnp.asarray(ids_BxN, jnp.int32), jnp.asarray(ts_BxN, jnp.int32), jnp.asarray(q_B, jnp.int32),
+            jnp.asarray(cands_BxM))
+        scores_BxM = np.asarray(retrieval_BxM if kind == "retrieval" else target_aware_BxM, np.float32)
+        return [scores_BxM[u, : row.size] for u, row in enumerate(rows)]

@@ -42,6 +42,20 @@ def relative_position_index(L: int, N: int) -> jax.Array:
     return N - 1 + j - i
 
 
+def position_index_BxLxL(positions_BxL: jax.Array, N: int) -> jax.Array:
+    """(B, L, L) int32 index `N-1 + (positions[j] - positions[i])` into a (2N-1,) position table.
+
+    The offset between two tokens is that of their positions, not of their slots. Within a segment of an
+    ordinary row positions are the slots counted from the segment start, so this equals
+    `relative_position_index` wherever the mask lets a query see a key. M-FALCON candidates differ: all of
+    them sit at position n (the next event's) while they fill slots n, n+1, ...
+    """
+    if positions_BxL.ndim != 2:
+        raise ValueError(f"positions_BxL must be (B, L), got shape {positions_BxL.shape}")
+    positions_BxL = positions_BxL.astype(jnp.int32)
+    return N - 1 + positions_BxL[:, None, :] - positions_BxL[:, :, None]
+
+
 def table_max_len(pos_bias_table: jax.Array) -> int:
     """N of a (2N-1,) position bias table."""
     (size,) = pos_bias_table.shape
@@ -59,18 +73,29 @@ def relative_bias_BxLxL(
     query_timestamps_BxL: jax.Array | None = None,
     num_time_buckets: int = DEFAULT_NUM_TIME_BUCKETS,
     time_bucket_divisor: float = DEFAULT_TIME_BUCKET_DIVISOR,
+    positions_BxL: jax.Array | None = None,
 ) -> jax.Array | None:
     """Dense f32 bias `pos[N-1 + j-i] + ts[bucket(query_ts[i] - ts[j])]`; (1, L, L) without a time table.
 
     Returns None when neither table is given. Query row i uses `query_timestamps_BxL[i]` (the reference
-    uses the NEXT event's time there); it defaults to `timestamps_BxL`.
+    uses the NEXT event's time there); it defaults to `timestamps_BxL`. With `positions_BxL` the position
+    offset is `positions[j] - positions[i]` (`position_index_BxLxL`) instead of the slot offset `j - i`;
+    positions outside the table give NaN, never a silently clamped entry.
     """
     bias = None
     if pos_bias_table is not None:
         if pos_bias_table.ndim != 1:
             raise ValueError(f"pos_bias_table must be 1-D (2N-1,), got shape {pos_bias_table.shape}")
-        index_LxL = relative_position_index(L, table_max_len(pos_bias_table))
-        bias = pos_bias_table.astype(jnp.float32)[index_LxL][None]
+        N = table_max_len(pos_bias_table)
+        if positions_BxL is None:
+            bias = pos_bias_table.astype(jnp.float32)[relative_position_index(L, N)][None]
+        else:
+            if positions_BxL.ndim != 2 or positions_BxL.shape[1] != L:
+                raise ValueError(f"positions_BxL must have shape (B, {L}), got {positions_BxL.shape}")
+            index_BxLxL = position_index_BxLxL(positions_BxL, N)
+            index_BxLxL = jnp.where((index_BxLxL < 0) | (index_BxLxL > 2 * N - 2), 2 * N - 1, index_BxLxL)
+            bias = jnp.take(pos_bias_table.astype(jnp.float32), index_BxLxL, axis=0, mode="fill",
+                            fill_value=jnp.nan)
     if time_bias_table is not None:
         if time_bias_table.shape != (num_time_buckets + 1,):
             raise ValueError(
