@@ -19,6 +19,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from data_pipeline.splits import train_lengths
+
 _MODELS = ("hstu", "sasrec")
 _LOSSES = ("sampled_softmax", "full_softmax")
 
@@ -85,6 +87,21 @@ def causal_n_eff(lengths: np.ndarray) -> float:
     return float(np.sum(n * (n + 1) / 2) / n.sum())
 
 
+def train_n_eff(store_lengths: np.ndarray, protocol: str, max_len: int) -> float:
+    """`causal_n_eff` of the train rows the pipeline builds: one segment per eligible user and epoch, its last
+    `max_len + 1` train events, packed or not (packing never splits a user). Exact over whole epochs; a partial
+    epoch draws users uniformly, so there it is the expectation. The trainer's `flops_seen` and the sweep's
+    result line both come from this one function, so they cannot disagree.
+    """
+    if int(max_len) < 1:
+        raise ValueError(f"train_n_eff: max_len must be >= 1, got {max_len}")
+    t = train_lengths(store_lengths, protocol)
+    rows = np.minimum(t[t >= 0], int(max_len) + 1)
+    if rows.size == 0:
+        raise ValueError(f"train_n_eff: no user has a train part under protocol {protocol!r}")
+    return causal_n_eff(rows)
+
+
 def _encoder_forward_per_token(s: Shape, n_eff: float) -> float:
     D, H, d = s.embed_dim, s.num_heads, s.head_dim
     if s.name == "hstu":
@@ -149,10 +166,11 @@ def dense_step_flops(model_cfg: Any, loss_cfg: Any, num_items: int, *, batch_siz
 
 
 # Peak dense FLOP/s per chip from the vendors' data sheets (no sparsity). CPU: unknown, MFU not reported.
+# "tensorfloat32": float32 matmuls on NVIDIA tensor cores (what JAX's default precision runs on Ampere+).
 PEAK_FLOPS: dict[str, dict[str, float]] = {
-    "h100": {"bfloat16": 989e12, "float32": 67e12},  # H100 SXM; TF32 tensor cores give 495e12
-    "h200": {"bfloat16": 989e12, "float32": 67e12},  # same compute die as H100 SXM
-    "a100": {"bfloat16": 312e12, "float32": 19.5e12},
+    "h100": {"bfloat16": 989e12, "tensorfloat32": 495e12, "float32": 67e12},  # H100 SXM
+    "h200": {"bfloat16": 989e12, "tensorfloat32": 495e12, "float32": 67e12},  # same compute die as H100 SXM
+    "a100": {"bfloat16": 312e12, "tensorfloat32": 156e12, "float32": 19.5e12},
     "tpu v4": {"bfloat16": 275e12, "float32": 275e12 / 4},
     "tpu v5 lite": {"bfloat16": 197e12, "float32": 197e12 / 4},  # v5e reports device_kind "TPU v5 lite"
     "tpu v5e": {"bfloat16": 197e12, "float32": 197e12 / 4},
@@ -160,11 +178,35 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
     "tpu v5": {"bfloat16": 459e12, "float32": 459e12 / 4},  # v5p reports "TPU v5"
 }
 
+_FAST_PRECISIONS = (None, "default", "fastest", "bfloat16")
+_EXACT_PRECISIONS = ("highest", "float32", "F32_F32_F32")
 
-def peak_flops(device_kind: str, dtype: str = "bfloat16") -> float | None:
-    """Peak FLOP/s of one device of `device_kind` (jax.devices()[0].device_kind), or None when unknown (CPU)."""
+
+def matmul_dtype(compute_dtype: str, device_kind: str, precision: str | None = None) -> str | None:
+    """The PEAK_FLOPS column that bounds the model's matmuls, or None when it is not known.
+
+    bfloat16 compute runs bfloat16 matmuls. float32 compute follows `precision`
+    (`jax.config.jax_default_matmul_precision`): JAX's default runs float32 dots as TF32 on NVIDIA GPUs and as
+    one bfloat16 pass on TPU, so the float32 column would overstate MFU there; "highest" keeps true float32.
+    Other precisions (multi-pass modes) have no column here: None, and MFU is not reported.
+    """
+    if compute_dtype == "bfloat16":
+        return "bfloat16"
+    if compute_dtype != "float32":
+        raise ValueError(f"matmul_dtype: compute dtype must be float32 or bfloat16, got {compute_dtype!r}")
+    precision = None if precision is None else str(precision)
+    if precision in _EXACT_PRECISIONS:
+        return "float32"
+    if precision in _FAST_PRECISIONS:
+        return "bfloat16" if "tpu" in device_kind.lower() else "tensorfloat32"
+    return None
+
+
+def peak_flops(device_kind: str, dtype: str | None = "bfloat16") -> float | None:
+    """Peak FLOP/s of one device of `device_kind` (jax.devices()[0].device_kind), or None when unknown (CPU,
+    or `dtype` None as `matmul_dtype` gives for an unlisted precision)."""
     kind = device_kind.lower()
-    if "cpu" in kind:
+    if "cpu" in kind or dtype is None:
         return None
     # Longest key first so "tpu v5 lite" wins over "tpu v5".
     for key in sorted(PEAK_FLOPS, key=len, reverse=True):
@@ -177,7 +219,7 @@ def peak_flops(device_kind: str, dtype: str = "bfloat16") -> float | None:
 
 
 def mfu(model_flops: float, seconds: float, *, device_kind: str, num_devices: int = 1,
-        dtype: str = "bfloat16") -> float | None:
+        dtype: str | None = "bfloat16") -> float | None:
     """Model FLOPs utilisation: (model FLOPs / s) ÷ (num_devices × peak); None where the peak is unknown."""
     if seconds <= 0:
         raise ValueError(f"mfu: seconds must be > 0, got {seconds}")

@@ -62,7 +62,11 @@ def read_results(path: Path) -> list[dict]:
 
 
 def result_line(run: Run, workdir: Path, wall_s: float) -> dict:
-    """The one line a finished run contributes: config, hash, N, FLOPs, tokens, wall time, CE, HR/NDCG."""
+    """The one line a finished run contributes: config, hash, N, FLOPs, tokens, wall time, CE, HR/NDCG.
+
+    "flops" is the trainer's own `flops_seen` (results.json); a run trained before the trainer counted FLOPs
+    is counted here by the same function (`lrm.flops.train_n_eff` + `train_flops`), so the two cannot disagree.
+    """
     from data_pipeline.store import SequenceStore
     from lrm import flops
     from lrm.training.data import store_path
@@ -70,19 +74,20 @@ def result_line(run: Run, workdir: Path, wall_s: float) -> dict:
     res = json.loads((workdir / "results.json").read_text())
     cfg = res["config"]
     store = SequenceStore.open(store_path(_Attr(cfg["data"])))
-    from data_pipeline.splits import train_lengths
-
-    rows = train_lengths(store.lengths, store.protocol)
-    rows = rows[rows >= 2].clip(max=cfg["data"]["max_len"] + 1)
-    n_eff = flops.causal_n_eff(rows)
+    if "flops_seen" in res:
+        train_flops, n_eff = res["flops_seen"], res["flops_accounting"]["n_eff"]
+    else:
+        n_eff = flops.train_n_eff(store.lengths, store.protocol, cfg["data"]["max_len"])
+        train_flops = flops.train_flops(cfg["model"], cfg["loss"], store.num_items, tokens=res["tokens_seen"],
+                                        n_eff=n_eff)
     counts = flops.param_counts(cfg["model"], store.num_items)
-    train_flops = flops.train_flops(cfg["model"], cfg["loss"], store.num_items, tokens=res["tokens_seen"], n_eff=n_eff)
     valid = res["valid"] or {}
     return {"status": "done", "name": run.name, "config_hash": run.config_hash, "meta": run.meta,
             "overrides": run.overrides, "params_total": counts["total"], "params_non_embedding": counts["non_embedding"],
             "params_embedding": counts["embedding"], "flops": train_flops, "n_eff": n_eff,
             "tokens": res["tokens_seen"], "steps": res["steps_run"], "wall_s": wall_s,
-            "train_seconds": res["train_seconds"], "valid_ce": valid.get("ce"), "valid_hr@10": valid.get("hr@10"),
+            "train_seconds": res["train_seconds"], "model_flops_per_s": res.get("model_flops_per_s"),
+            "mfu": res.get("mfu"), "valid_ce": valid.get("ce"), "valid_hr@10": valid.get("hr@10"),
             "valid_ndcg@10": valid.get("ndcg@10"), "test_ce": res["test"].get("ce"),
             "test_hr@10": res["test"].get("hr@10"), "test_ndcg@10": res["test"].get("ndcg@10"),
             "config": cfg, "time": time.time()}

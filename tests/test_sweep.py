@@ -72,6 +72,7 @@ def test_sweep_survives_a_failure_and_relaunch_runs_only_what_is_missing(tmp_pat
     for r in done:
         assert r["flops"] > 0 and r["tokens"] > 0 and r["params_total"] > r["params_non_embedding"] > 0
         assert np.isfinite(r["valid_ce"]) and 0 <= r["valid_hr@10"] <= 1 and "valid_ndcg@10" in r
+        _check_flops_agree(r, out / "runs" / f"{r['name']}-{r['config_hash']}")
     assert "[sweep] 3/3 done" not in capsys.readouterr().out  # one failed: never reported as all done
     second = launch_sweep.run_local(sweep, out, parallel=2, env={"JAX_PLATFORMS": "cpu"})
     assert second == {"done": 0, "failed": 1, "skipped": 2}
@@ -80,6 +81,32 @@ def test_sweep_survives_a_failure_and_relaunch_runs_only_what_is_missing(tmp_pat
     script = launch_sweep.write_submission(sweep, out, "slurm")
     assert "#SBATCH --array=0-0" in script.read_text()
     assert "model.embed_dim=-1" in (out / "submit" / "commands.txt").read_text()
+
+
+def _check_flops_agree(row: dict, workdir) -> None:
+    """The result line's FLOPs are the trainer's flops_seen, and the store-based count (runs from before the
+    trainer counted) gives the same number; metrics.jsonl logs FLOPs and FLOP/s, and no MFU on CPU."""
+    from data_pipeline.store import SequenceStore
+    from lrm import flops
+    from lrm.training.data import store_path
+
+    res = json.loads((workdir / "results.json").read_text())
+    assert row["flops"] == res["flops_seen"] and row["n_eff"] == res["flops_accounting"]["n_eff"]
+    old_style = {k: v for k, v in res.items() if k not in ("flops_seen", "flops_accounting")}
+    (workdir / "results.json").write_text(json.dumps(old_style))
+    run = launch_sweep.Run(row["name"], "configs/tiny.py", row["overrides"], row["meta"])
+    assert launch_sweep.result_line(run, workdir, 1.0)["flops"] == res["flops_seen"]
+    (workdir / "results.json").write_text(json.dumps(res))
+    cfg = res["config"]
+    store = SequenceStore.open(store_path(launch_sweep._Attr(cfg["data"])))
+    n_eff = flops.train_n_eff(store.lengths, store.protocol, cfg["data"]["max_len"])
+    assert res["flops_seen"] == flops.train_flops(cfg["model"], cfg["loss"], store.num_items, tokens=res["tokens_seen"],
+                                                  n_eff=n_eff)
+    logged = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train = [m for m in logged if m["split"] == "train"]
+    assert train and train[-1]["flops_seen"] == res["flops_seen"]  # the last step (3) is logged
+    assert all(m["model_flops_per_s"] > 0 and "mfu" not in m for m in train)
+    assert res["mfu"] is None and res["model_flops_per_s"] > 0 and res["flops_accounting"]["peak_flops_per_s"] is None
 
 
 def test_isoflop_runs_spend_their_budget(tmp_path):

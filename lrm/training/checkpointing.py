@@ -2,9 +2,10 @@
 
 Layout in the workdir:
   checkpoints/<step>/  the last `checkpoint.keep` train states: params, optimizer state (item "state") and
-                       a JSON item "meta": step, RNG scheme, Grain iterator state, best-so-far bookkeeping,
-                       tokens seen and the config. Saved every `checkpoint.every_steps`, at the end and on
-                       SIGTERM; asynchronously when `checkpoint.async`.
+                       a JSON item "meta": step, RNG scheme, Grain iterator states (one per process: each
+                       reads its own share of the data), best-so-far bookkeeping, tokens seen and the config.
+                       Saved every `checkpoint.every_steps`, at the end and on SIGTERM (at a step all
+                       processes agree on: `PreemptionFlag`); asynchronously when `checkpoint.async`.
   best/<step>/         parameters picked on validation (the last `checkpoint.keep_best` improvements; the
                        newest is the best). Protocol "reference" stores its final parameters here.
 Orbax writes each step into a temporary directory and renames it when complete, so a run killed during a
@@ -56,8 +57,11 @@ def abstract_like(tree: Any) -> Any:
 
 
 def _manager(directory: Path, *, max_to_keep: int, use_async: bool) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=use_async,
-                                           cleanup_tmp_directories=True, create=True)
+    # Two managers (train states, best) may finalise async saves at the same time; on several processes
+    # their barriers must not share names ("barrier ... is already ongoing"), hence a prefix per directory.
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, enable_async_checkpointing=use_async, cleanup_tmp_directories=True, create=True,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=directory.name))
     return ocp.CheckpointManager(directory.resolve(), options=options)
 
 
@@ -67,6 +71,28 @@ def check_checkpoint_config(ckpt_cfg: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "every_steps" else 1):
             low = "0 (0 = only at the end)" if name == "every_steps" else "1"
             raise ValueError(f"checkpoint.{name} must be an int >= {low}, got {value!r}")
+    preemption_check_every_steps(ckpt_cfg)
+
+
+def gather_json(value: Any) -> list:
+    """Every process's JSON-able `value`, in process order ([value] for one process): two tiny all-gathers."""
+    if jax.process_count() == 1:
+        return [value]
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8).astype(np.int32)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int32))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.int32)
+    padded[: data.size] = data
+    gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+    return [json.loads(gathered[p, : sizes[p]].astype(np.uint8).tobytes()) for p in range(len(sizes))]
+
+
+def _own_iterator_state(meta: dict) -> dict:
+    """This process's saved iterator state; with another process count, process 0's (whose fingerprint then
+    makes the pipeline refuse it with a clear message)."""
+    states = meta.get("data_iterators") or [meta["data_iterator"]]
+    return states[jax.process_index()] if len(states) == jax.process_count() else states[0]
 
 
 def _json_metric(x: float | None) -> float | None:
@@ -91,13 +117,17 @@ class TrainCheckpointer:
 
     def save(self, step: int, params: Any, opt_state: Any, *, data_iterator: dict, best: dict,
              evals_since_best: int, tokens_seen: int) -> None:
-        """Starts saving the train state of `step` (returns before the write ends when async)."""
+        """Starts saving the train state of `step` (returns before the write ends when async).
+
+        Every process calls it at the same steps; `data_iterator` is this process's iterator state."""
+        data_iterators = gather_json(data_iterator)  # before any early return: a collective on every process
         if step in self._states.all_steps():
             return  # e.g. the final save right after a periodic one at the same step
         meta = {
             "step": int(step),
             "rng": {"seed": int(self._config["seed"]), "scheme": RNG_SCHEME},
-            "data_iterator": data_iterator,
+            "data_iterator": data_iterator,  # the writer's (process 0's); read by checkpoints without the list
+            "data_iterators": data_iterators,
             "best": {"metric": _json_metric(best["metric"]), "step": int(best["step"]), "metrics": best["metrics"]},
             "evals_since_best": int(evals_since_best),
             "tokens_seen": int(tokens_seen),
@@ -145,7 +175,7 @@ class TrainCheckpointer:
         best = dict(meta["best"])
         best["metric"] = -math.inf if best["metric"] is None else best["metric"]
         return Resumed(step=int(meta["step"]), params=restored.state["params"],
-                       opt_state=restored.state["opt_state"], data_iterator=meta["data_iterator"], best=best,
+                       opt_state=restored.state["opt_state"], data_iterator=_own_iterator_state(meta), best=best,
                        evals_since_best=int(meta["evals_since_best"]), tokens_seen=int(meta["tokens_seen"]))
 
     def restore_best(self, params: Any, step: int | None = None) -> Any:
@@ -246,14 +276,40 @@ def truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(x + "\n" for x in kept))
 
 
-class PreemptionFlag:
-    """Turns SIGTERM into a flag the train loop polls (then it saves and returns cleanly).
+def preemption_check_every_steps(ckpt_cfg: Any) -> int:
+    """`checkpoint.preemption_check_every_steps` (default 1): how often processes agree on a SIGTERM."""
+    value = ckpt_cfg.get("preemption_check_every_steps", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"checkpoint.preemption_check_every_steps must be an int >= 1, got {value!r}")
+    return value
 
-    Only the main thread may install signal handlers; elsewhere the flag simply never rises.
+
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is True on any: a tiny all-gather, a no-op for one process."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
+
+
+class PreemptionFlag:
+    """Turns SIGTERM into a stop that every process of the run agrees on (then they save and return).
+
+    On a preemptible multi-host VM the signal may reach only some processes; each must save at the same
+    step, or the checkpoint is inconsistent and the collective save deadlocks. `requested` is this
+    process's own flag; `should_stop(step)` is the run's decision: every `check_every_steps` steps the
+    processes all-gather their flags, so all of them see the same answer at the same step. A single process
+    decides alone at every step, at no cost. Only the main thread may install signal handlers; elsewhere
+    the local flag simply never rises.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, check_every_steps: int = 1) -> None:
+        if isinstance(check_every_steps, bool) or not isinstance(check_every_steps, int) or check_every_steps < 1:
+            raise ValueError(f"check_every_steps must be an int >= 1, got {check_every_steps!r}")
+        self.check_every_steps = check_every_steps
         self.requested = False
+        self.stopped = False
         self._previous = None
 
     def install(self) -> PreemptionFlag:
@@ -262,8 +318,16 @@ class PreemptionFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
-        logging.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
+        logging.warning("SIGTERM: saving a checkpoint at the next step all processes agree on, then stopping")
         self.requested = True
+
+    def should_stop(self, step: int) -> bool:
+        """Called by every process after every step: whether the run saves and stops now (same on all)."""
+        if jax.process_count() == 1:
+            self.stopped = self.requested
+        elif step % self.check_every_steps == 0:
+            self.stopped = any_process(self.requested)
+        return self.stopped
 
     def uninstall(self) -> None:
         if self._previous is not None:

@@ -25,10 +25,12 @@ from lrm.losses import full_softmax_loss, sampled_softmax_loss
 from lrm.models import build_model
 from lrm.models.embeddings import check_batch
 from lrm.training import evaluate as ev
-from lrm.training.checkpointing import PreemptionFlag, TrainCheckpointer, truncate_metrics
+from lrm.training.checkpointing import (PreemptionFlag, TrainCheckpointer, preemption_check_every_steps,
+                                        truncate_metrics)
 from lrm.training import sharded
 from lrm.training.data import open_or_build_store
 from lrm.training.metrics_writer import MetricsWriter, Progress
+from lrm.training.mfu import MfuMeter
 from lrm.training.optimizer import make_optimizer
 
 
@@ -155,7 +157,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         best_params = ckpt.restore_best(params, best["step"]) if has_valid and best["step"] else best_params
         truncate_metrics(workdir / "metrics.jsonl", step)
         logging.info("resumed from %s at step %d", workdir / "checkpoints", step)
-    preempt = PreemptionFlag().install()
+    meter = MfuMeter.for_run(config, store, start_tokens=tokens_seen)  # after a resume: counts on from there
+    preempt = PreemptionFlag(preemption_check_every_steps(config.checkpoint)).install()
     try:
         while step < total_steps:
             batch = next(train_iter)
@@ -177,16 +180,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     logging.info(text)
                 writer.write(step, "train", {"loss": loss, "grad_norm": float(out["grad_norm"]),
                                              "learning_rate": float(schedule(step)), "tokens_seen": tokens_seen,
-                                             **rates})
+                                             **rates, **meter.log(tokens_seen)})
             if step % eval_every == 0 or step == total_steps:
-                metrics = sharded.evaluate(eval_step, params, store, select_split, **eval_kw)
+                with meter.excluded(params):  # evaluation is not training time for FLOP/s and MFU
+                    metrics = sharded.evaluate(eval_step, params, store, select_split, **eval_kw)
                 writer.write(step, select_split, metrics)
                 if is_main:
                     logging.info("eval %s @%d: %s", select_split, step,
                                  " ".join(f"{k}={metrics[k]:.4f}" for k in ("hr@10", "ndcg@10", "mrr", "ce")))
-                improved = metrics[config.train.select_metric] > best["metric"]
+                improved = selection_score(metrics, config.train.select_metric) > best["metric"]
                 if has_valid and improved:
-                    best = {"metric": metrics[config.train.select_metric], "step": step, "metrics": metrics}
+                    best = {"metric": selection_score(metrics, config.train.select_metric), "step": step,
+                            "metrics": metrics}
                     best_params = sharded.snapshot(params, layout.param_shardings)
                     evals_since_best = 0
                     ckpt.save_best(step, best_params, metrics)  # the snapshot: `params` is donated next step
@@ -196,16 +201,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                         logging.info("early stop at step %d: no %s gain in %d evaluations", step,
                                      config.train.select_metric, evals_since_best)
                         break
-            if ckpt.due(step) or preempt.requested:
+            stop = preempt.should_stop(step)  # SIGTERM on any process: all of them save this step and stop
+            if ckpt.due(step) or stop:
                 ckpt.save(step, params, opt_state, data_iterator=train_iter.get_state(), best=best,
                           evals_since_best=evals_since_best, tokens_seen=tokens_seen)
-            if preempt.requested:
+            if stop:
                 break
     finally:  # also when the loop raises (NaN loss): never leave SIGTERM swallowed
         preempt.uninstall()
     ckpt.save(step, params, opt_state, data_iterator=train_iter.get_state(), best=best,
               evals_since_best=evals_since_best, tokens_seen=tokens_seen)
-    if preempt.requested:
+    if preempt.stopped:
         ckpt.wait()
         ckpt.close()
         writer.close()
@@ -236,6 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         "split_report": split_report(store.lengths, store.protocol),
         "num_params": int(sum(x.size for x in jax.tree.leaves(params))),
         "tokens_seen": tokens_seen,
+        **meter.summary(tokens_seen),  # flops_seen, model_flops_per_s, mfu (None where the peak is unknown)
         "train_seconds": train_seconds,
         "config": config.to_dict(),
     }
@@ -248,6 +255,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         logging.info("test (%s): %s", selected, " ".join(f"{k}={v:.4f}" for k, v in test.items()))
     writer.close()
     return results
+
+
+LOWER_IS_BETTER = ("ce",)
+
+
+def selection_score(metrics: dict, name: str) -> float:
+    """The validation metric as a higher-is-better score (cross-entropy is negated)."""
+    if name not in metrics:
+        raise KeyError(f"train.select_metric={name!r} is not an eval metric; have {sorted(metrics)}")
+    return -float(metrics[name]) if name in LOWER_IS_BETTER else float(metrics[name])
 
 
 def _json_default(x):
