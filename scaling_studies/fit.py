@@ -7,8 +7,17 @@ loss (δ = 1e-3) on the log residuals SUMMED over runs, by L-BFGS from a grid of
 L-BFGS is optax's (jax), in float64 (`_x64`), stopped on the gradient norm; the (bootstrap resample × start)
 problems are solved in one vmapped, jitted loop.
 - `fit_isoflop`: per budget a parabola of loss in log N (and log D) → N*(C), D*(C), then N* = a·C^p.
-Every constant gets a percentile bootstrap interval over runs; `predict` gives an interval for a new config
-that combines the parameter spread with the fit's residual noise.
+
+Uncertainty: a parametric (model-based) bootstrap, ≥ 1000 resamples, percentile intervals. Each resample
+draws a noise scale σ* = σ̂·sqrt(ν/χ²_ν) (σ̂ a robust residual scale on ν = n − p degrees of freedom,
+optionally pooled with the seed-noise floor), adds Gaussian noise of that scale to the fitted curve and refits
+with the same estimator. Why not resample runs: with δ = 1e-3 below the ~0.003 log noise the Huber fit behaves
+like least-absolute-deviation, whose spread is set by the noise DENSITY near zero; resampling 40 runs (or their
+residuals) gives a discrete noise law that such an estimator fits too well, so the run and residual bootstraps
+gave E intervals ~30% too narrow (coverage ~80% by simulation). Refitting smooth noise reproduces the
+estimator's own sampling spread, and drawing σ* propagates the uncertainty of σ̂ (t-like tails on few residual
+degrees of freedom). Measured coverage: `python -m scaling_studies.coverage` (results in tests/test_fit.py).
+`predict` adds one observation's noise (σ* per resample) to each bootstrap curve: a prediction interval.
 """
 from __future__ import annotations
 
@@ -82,6 +91,48 @@ def _lbfgs_many(theta0_SxP, logx_NxM, logy_RxN, w_RxN, delta, max_iter, gtol):
     return jax.vmap(per_start, in_axes=(None, 0, 0))(theta0_SxP, logy_RxN, w_RxN)
 
 
+Noise = tuple[float, int]  # (σ, degrees of freedom) of an independent noise estimate, e.g. the seed repeats
+
+
+def robust_scale(resid: np.ndarray, num_params: int) -> tuple[float, int]:
+    """(σ̂, ν): root-mean-square of the residuals winsorised at 3 normalised MADs, over ν = n − p.
+
+    The winsorising keeps one diverged run from inflating σ̂ (it costs ~1% of σ on Gaussian noise); the
+    plain MAD is not used on its own because a Huber/LAD fit pulls its residuals towards zero (it read 17% low
+    on the test law).
+    """
+    r = np.asarray(resid, np.float64)
+    dof = len(r) - int(num_params)
+    if dof < 1:
+        raise ValueError(f"noise scale: {len(r)} residuals for {num_params} constants leave no degree of freedom")
+    mad = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+    cap = 3.0 * mad if mad > 0 else float(np.max(np.abs(r)))
+    return float(np.sqrt(np.sum(np.clip(r, -cap, cap) ** 2) / dof)), dof
+
+
+def pooled_noise(*parts: Noise | None) -> Noise:
+    """Pool independent variance estimates of the same noise: Σ ν·σ² / Σ ν on Σ ν degrees of freedom."""
+    parts = [q for q in parts if q is not None and q[1] > 0]
+    if not parts:
+        raise ValueError("pooled_noise: no estimate with degrees of freedom > 0")
+    dof = sum(int(q[1]) for q in parts)
+    return float(np.sqrt(sum(q[1] * q[0] ** 2 for q in parts) / dof)), dof
+
+
+def interval_95(draws: np.ndarray) -> tuple[float, float]:
+    """2.5/97.5 percentiles of bootstrap draws, without interpolating: a resample whose constant overflowed
+    (inf, or NaN from inf − inf) counts as +inf, so an unbounded side reads inf rather than NaN."""
+    v = np.where(np.isnan(draws), np.inf, np.asarray(draws, np.float64))
+    lo, hi = np.quantile(v, [0.025, 0.975], method="inverted_cdf")
+    return float(lo), float(hi)
+
+
+def draw_sigmas(sigma: float, dof: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """σ* = σ̂·sqrt(ν/χ²_ν): the spread of σ given σ̂ on ν degrees of freedom (flat-prior posterior of a
+    Gaussian scale); noise drawn with it gives Student-t-like intervals on few degrees of freedom."""
+    return sigma * np.sqrt(dof / rng.chisquare(dof, size=size))
+
+
 @dataclasses.dataclass
 class LawFit:
     """A fitted law: point estimates, bootstrap samples and intervals, convergence report."""
@@ -95,11 +146,16 @@ class LawFit:
     center_logx: np.ndarray  # features were centred by this before fitting
     theta: np.ndarray
     theta_samples: np.ndarray
+    noise: Noise  # (σ, ν) of the log-loss noise the bootstrap used
+    sigma_samples: np.ndarray  # σ* of each resample
 
     def to_json(self) -> dict:
         return {"params": self.params, "intervals_95": {k: list(v) for k, v in self.intervals.items()},
                 "convergence": self.convergence, "residual_std": float(np.std(self.log_residuals)),
-                "num_resamples": int(len(self.theta_samples))}
+                "num_resamples": int(len(self.theta_samples)),
+                "noise_sigma_log": self.noise[0], "noise_dof": self.noise[1],
+                "interval_method": "parametric bootstrap: Gaussian log-noise of scale sigma_hat*sqrt(dof/chi2_dof) "
+                                   "added to the fitted curve, Huber refit, 2.5/97.5 percentiles"}
 
 
 def _start_grid(logx_NxM: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -117,12 +173,16 @@ def _start_grid(logx_NxM: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _fit_lse(logx_NxM: np.ndarray, y_N: np.ndarray, term_names: Sequence[tuple[str, str]], *, resamples: int,
-             seed: int, max_iter: int = 2000) -> LawFit:
+             seed: int, noise: Noise | None = None, max_iter: int = 2000) -> LawFit:
     n, m = logx_NxM.shape
     if n < 2 * m + 2:
         raise ValueError(f"fit: {n} runs for {2 * m + 1} constants; need at least {2 * m + 2}")
     if np.any(~np.isfinite(y_N)) or np.any(y_N <= 0):
         raise ValueError(f"fit: losses must be finite and > 0, got {y_N[~np.isfinite(y_N) | (y_N <= 0)][:5]}")
+    if np.any(~np.isfinite(logx_NxM)):
+        raise ValueError("fit: every N, D or C must be finite and > 0")
+    if resamples < 1:
+        raise ValueError(f"fit: resamples must be >= 1, got {resamples}")
     center = logx_NxM.mean(axis=0)
     # Each run's Huber gradient is at most δ·|features|: stop when the summed gradient is 1e-8 of that scale.
     gtol = 1e-8 * HUBER_DELTA * n
@@ -139,14 +199,15 @@ def _fit_lse(logx_NxM: np.ndarray, y_N: np.ndarray, term_names: Sequence[tuple[s
         near = np.abs(obj - obj[best]) <= 1e-6 * abs(obj[best]) + 1e-12
         fitted = np.asarray(_log_pred(jnp.asarray(theta), x))
         resid = fitted - logy
-        # Bootstrap over runs (SCALING.md): multinomial run weights. Residual and smoothed-residual bootstraps
-        # were tried: same E spread (see the issue 6 report), so the spec's pairs bootstrap stays.
-        w_R = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+        # Parametric bootstrap (module docstring): smooth noise of a drawn scale around the fitted curve.
+        sigma, dof = pooled_noise(robust_scale(resid, 2 * m + 1), noise)
+        sigma_R = draw_sigmas(sigma, dof, resamples, rng)
+        logy_RxN = fitted[None] + sigma_R[:, None] * rng.standard_normal((resamples, n))
         # Resample starts: the full-data optimum, and it with E moved to each grid E; the best objective wins.
         starts = np.repeat(theta[None], 1 + len(BOOT_E_FRACTIONS), 0)
         starts[1:, 2 * m] = np.log(y_N.min()) + np.log(BOOT_E_FRACTIONS)
         bth, bobj, _, bok = (np.asarray(a) for a in _lbfgs_many(
-            jnp.asarray(starts), x, jnp.broadcast_to(logy, w_R.shape), jnp.asarray(w_R), HUBER_DELTA, max_iter, gtol))
+            jnp.asarray(starts), x, jnp.asarray(logy_RxN), jnp.ones((resamples, n)), HUBER_DELTA, max_iter, gtol))
     pick = np.where(np.isfinite(bobj), bobj, np.inf).argmin(1)
     theta_R = bth[np.arange(resamples), pick]
     resample_ok = bok[np.arange(resamples), pick]
@@ -159,20 +220,24 @@ def _fit_lse(logx_NxM: np.ndarray, y_N: np.ndarray, term_names: Sequence[tuple[s
         return out
 
     params = constants(theta)
-    draws = [constants(t) for t in theta_R]
+    with np.errstate(over="ignore"):  # a wild resample's amplitude may overflow: interval_95 reads it as inf
+        draws = [constants(t) for t in theta_R]
     samples = {k: np.array([d[k] for d in draws]) for k in params}
-    intervals = {k: (float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))) for k, v in samples.items()}
+    intervals = {k: interval_95(v) for k, v in samples.items()}
     convergence = {"objective": float(obj[best]), "grad_norm": float(gnorm[0, best]), "grad_tol": gtol,
                    "converged": bool(ok[0, best]), "starts": int(len(grid)), "starts_reaching_best": int(near.sum()),
                    "resamples_converged": float(np.mean(resample_ok))}
-    return LawFit(list(params), params, samples, intervals, convergence, resid, center, theta, theta_R)
+    return LawFit(list(params), params, samples, intervals, convergence, resid, center, theta, theta_R,
+                  (sigma, dof), sigma_R)
 
 
 def fit_chinchilla(N: np.ndarray, D: np.ndarray, loss: np.ndarray, *, resamples: int = DEFAULT_RESAMPLES,
-                   seed: int = 0) -> LawFit:
-    """L(N, D) = E + A/N^α + B/D^β (N parameters, D training tokens)."""
+                   seed: int = 0, noise: Noise | None = None) -> LawFit:
+    """L(N, D) = E + A/N^α + B/D^β (N parameters, D training tokens). `noise`: an independent (σ, ν) of the
+    log-loss noise (the seed repeats), pooled with the residual scale."""
     logx = np.log(np.column_stack([np.asarray(N, float), np.asarray(D, float)]))
-    return _fit_lse(logx, np.asarray(loss, float), [("A", "alpha"), ("B", "beta")], resamples=resamples, seed=seed)
+    return _fit_lse(logx, np.asarray(loss, float), [("A", "alpha"), ("B", "beta")], resamples=resamples, seed=seed,
+                    noise=noise)
 
 
 def compute_frontier(C: np.ndarray, loss: np.ndarray, budget: np.ndarray | None = None) -> np.ndarray:
@@ -191,44 +256,63 @@ def compute_frontier(C: np.ndarray, loss: np.ndarray, budget: np.ndarray | None 
     return np.array(keep)
 
 
-def fit_compute_law(C: np.ndarray, loss: np.ndarray, *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> LawFit:
-    """L(C) = E + A·C^(−α), fitted to the points given (pass the frontier)."""
+def fit_compute_law(C: np.ndarray, loss: np.ndarray, *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                    noise: Noise | None = None) -> LawFit:
+    """L(C) = E + A·C^(−α), fitted to the points given (pass the frontier). With few points the residual scale
+    has few degrees of freedom: pass the seed-noise floor as `noise` to pool with it."""
     return _fit_lse(np.log(np.asarray(C, float))[:, None], np.asarray(loss, float), [("A", "alpha")],
-                    resamples=resamples, seed=seed)
+                    resamples=resamples, seed=seed, noise=noise)
+
+
+def curve(fit: LawFit, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(point curve, bootstrap curves [R, K]) of the law at K points X ([K] for L(C), [K, 2] for L(N, D))."""
+    X = np.asarray(X, float)
+    logx = np.log(X.reshape(len(X), -1)) - fit.center_logx
+    with _x64():
+        point = np.exp(np.asarray(_log_pred(jnp.asarray(fit.theta), jnp.asarray(logx))))
+        boot = np.exp(np.asarray(jax.vmap(lambda t: _log_pred(t, jnp.asarray(logx)))(jnp.asarray(fit.theta_samples))))
+    return point, boot
 
 
 def predict(fit: LawFit, X: Sequence[float], *, level: float = 0.95, seed: int = 0) -> dict[str, float]:
-    """Predicted loss at X (C for the compute law; (N, D) for Chinchilla) with a `level` interval.
+    """Predicted loss of ONE new run at X (C for the compute law; (N, D) for Chinchilla), with a `level`
+    prediction interval.
 
-    The interval is the percentile interval of bootstrap predictions, each multiplied by a residual drawn
-    from the fit's log residuals: it covers parameter uncertainty AND run-to-run noise.
+    Each bootstrap curve's value (parameter uncertainty) is multiplied by exp(σ*·z), one observation's noise
+    at that resample's noise scale σ* (the residual scale pooled with any seed-noise floor passed to the fit):
+    the interval covers where a single new run lands, not only where the law is.
     """
-    logx = (np.log(np.atleast_1d(np.asarray(X, float))) - fit.center_logx)[None, :]
-    with _x64():
-        point = float(np.exp(np.asarray(_log_pred(jnp.asarray(fit.theta), jnp.asarray(logx)))[0]))
-        boot = np.exp(np.asarray(jax.vmap(lambda t: _log_pred(t, jnp.asarray(logx)))(
-            jnp.asarray(fit.theta_samples)))[:, 0])
+    point, boot = curve(fit, np.asarray(X, float)[None])
     rng = np.random.default_rng(seed)
-    noisy = boot * np.exp(rng.choice(fit.log_residuals, size=boot.shape))
+    noisy = boot[:, 0] * np.exp(fit.sigma_samples * rng.standard_normal(len(fit.sigma_samples)))
     lo, hi = np.percentile(noisy, [50 * (1 - level), 50 * (1 + level)])
-    return {"prediction": point, "lower": float(lo), "upper": float(hi), "level": level}
+    return {"prediction": float(point[0]), "lower": float(lo), "upper": float(hi), "level": level}
 
 
-def _parabola_min(logx: np.ndarray, y: np.ndarray) -> float:
-    """argmin of a quadratic in log x; NaN when the points do not bracket a minimum (curvature <= 0)."""
-    mu = float(np.mean(logx))  # centred: a quadratic in raw log FLOPs-scale numbers is ill-conditioned
-    c2, c1, _ = np.polyfit(logx - mu, y, 2)
-    return float(mu - c1 / (2 * c2)) if c2 > 0 else float("nan")
+def _parabolas(logx_BxK: np.ndarray, y_RxK: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares parabolas of each row of y in (centred) log x: coefficients [R, 3] (c2, c1, c0 about the
+    centre) and the argmin in log x (NaN where the curvature is <= 0: no minimum inside)."""
+    mu = float(np.mean(logx_BxK))  # centred: a quadratic in raw log FLOPs-scale numbers is ill-conditioned
+    u = logx_BxK - mu
+    design = np.column_stack([u * u, u, np.ones_like(u)])
+    coef, *_ = np.linalg.lstsq(design, y_RxK.T, rcond=None)
+    coef = coef.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        arg = np.where(coef[:, 0] > 0, mu - coef[:, 1] / (2 * coef[:, 0]), np.nan)
+    return coef, arg
 
 
 def fit_isoflop(budget: np.ndarray, N: np.ndarray, D: np.ndarray, loss: np.ndarray, *,
-                resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict:
+                resamples: int = DEFAULT_RESAMPLES, seed: int = 0, noise: Noise | None = None) -> dict:
     """Per budget: loss parabola in log N and in log D → N*(C), D*(C); then N* = a_N·C^p_N, D* = a_D·C^p_D.
 
-    Bootstrap: runs are resampled within each budget, parabolas and power laws refitted. p_N + p_D ≈ 1 when
-    C ∝ N·D.
+    Bootstrap (parametric, as the laws): Gaussian noise of a drawn scale σ* (the parabolas' pooled robust
+    residual scale, pooled with `noise` if given; both in LOSS units here) around each budget's fitted parabola,
+    both parabolas and both power laws refitted. p_N + p_D ≈ 1 when C ∝ N·D.
     """
     budget, N, D, loss = (np.asarray(a, float) for a in (budget, N, D, loss))
+    if np.any(~np.isfinite(loss)):
+        raise ValueError(f"isoflop fit: losses must be finite, got {loss[~np.isfinite(loss)][:5]}")
     budgets = np.unique(budget)
     if len(budgets) < 2:
         raise ValueError(f"isoflop fit: need >= 2 budgets, got {len(budgets)}")
@@ -236,34 +320,61 @@ def fit_isoflop(budget: np.ndarray, N: np.ndarray, D: np.ndarray, loss: np.ndarr
         if np.sum(budget == b) < 3:
             raise ValueError(f"isoflop fit: budget {b:.3g} has {np.sum(budget == b)} runs; a parabola needs >= 3")
     rng = np.random.default_rng(seed)
+    idx = [np.flatnonzero(budget == b) for b in budgets]
+    fitsN = [_parabolas(np.log(N[i]), loss[i][None]) for i in idx]
+    fitsD = [_parabolas(np.log(D[i]), loss[i][None]) for i in idx]
+    resid = np.concatenate([loss[i] - _parabola_values(np.log(N[i]), c[0][0]) for i, c in zip(idx, fitsN)])
+    residual_noise = robust_scale(resid, 3 * len(budgets)) if len(resid) > 3 * len(budgets) else None
+    if residual_noise is None and noise is None:
+        raise ValueError("isoflop fit: every budget has exactly 3 runs, so the parabolas leave no residual to "
+                         "measure noise from; add runs or pass `noise`")
+    sigma, dof = pooled_noise(residual_noise, noise)
+    sigma_R = draw_sigmas(sigma, dof, resamples, rng)
 
-    def once(idx_by_budget):
-        logC, logN, logD = [], [], []
-        for b, idx in zip(budgets, idx_by_budget):
-            n_star = _parabola_min(np.log(N[idx]), loss[idx])
-            d_star = _parabola_min(np.log(D[idx]), loss[idx])
-            logC.append(np.log(b)), logN.append(n_star), logD.append(d_star)
-        logC, logN, logD = map(np.asarray, (logC, logN, logD))
-        ok = np.isfinite(logN) & np.isfinite(logD)
-        if ok.sum() < 2:
-            return None
-        pN, aN = np.polyfit(logC[ok], logN[ok], 1)
-        pD, aD = np.polyfit(logC[ok], logD[ok], 1)
-        return {"p_N": pN, "a_N": np.exp(aN), "p_D": pD, "a_D": np.exp(aD)}, (logC, logN, logD)
-
-    full_idx = [np.flatnonzero(budget == b) for b in budgets]
-    point = once(full_idx)
-    if point is None:
+    logC = np.log(budgets)
+    star_N = np.array([f[1][0] for f in fitsN])
+    star_D = np.array([f[1][0] for f in fitsD])
+    point = _power_laws(logC, star_N[None], star_D[None])
+    if point is None or not np.all(np.isfinite(point[0])):
         raise ValueError("isoflop fit: fewer than 2 budgets have a minimum inside their sizes; widen the sweep")
-    params, (logC, logN, logD) = point
-    draws = []
-    for _ in range(resamples):
-        r = once([rng.choice(idx, size=len(idx), replace=True) for idx in full_idx])
-        if r is not None:
-            draws.append(r[0])
-    samples = {k: np.array([d[k] for d in draws]) for k in params}
-    return {"params": {k: float(v) for k, v in params.items()},
-            "intervals_95": {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
-                             for k, v in samples.items()},
-            "optima": {"C": np.exp(logC).tolist(), "N_star": np.exp(logN).tolist(), "D_star": np.exp(logD).tolist()},
-            "num_resamples": len(draws), "p_N_plus_p_D": float(params["p_N"] + params["p_D"])}
+    boot_N = np.empty((resamples, len(budgets)))
+    boot_D = np.empty((resamples, len(budgets)))
+    for j, (i, (cN, _)) in enumerate(zip(idx, fitsN)):
+        noise_RxK = sigma_R[:, None] * rng.standard_normal((resamples, len(i)))
+        y_RxK = _parabola_values(np.log(N[i]), cN[0])[None] + noise_RxK
+        boot_N[:, j] = _parabolas(np.log(N[i]), y_RxK)[1]
+        boot_D[:, j] = _parabolas(np.log(D[i]), y_RxK)[1]
+    draws = _power_laws(logC, boot_N, boot_D)
+    ok = np.all(np.isfinite(draws), axis=1)
+    names = ("p_N", "a_N", "p_D", "a_D")
+    params = dict(zip(names, (float(v) for v in point[0])))
+    return {"params": params,
+            "intervals_95": {k: list(interval_95(draws[ok, c])) for c, k in enumerate(names)},
+            "optima": {"C": budgets.tolist(), "N_star": np.exp(star_N).tolist(), "D_star": np.exp(star_D).tolist()},
+            "parabolas": {"N": [{"coef": f[0][0].tolist(), "center_logx": float(np.mean(np.log(N[i])))}
+                                for i, f in zip(idx, fitsN)],
+                          "D": [{"coef": f[0][0].tolist(), "center_logx": float(np.mean(np.log(D[i])))}
+                                for i, f in zip(idx, fitsD)]},
+            "noise_sigma": sigma, "noise_dof": dof, "num_resamples": int(ok.sum()),
+            "resamples_with_all_minima": float(np.mean(np.all(np.isfinite(boot_N) & np.isfinite(boot_D), axis=1))),
+            "p_N_plus_p_D": float(params["p_N"] + params["p_D"])}
+
+
+def _parabola_values(logx: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    u = logx - float(np.mean(logx))
+    return coef[0] * u * u + coef[1] * u + coef[2]
+
+
+def _power_laws(logC_K: np.ndarray, logN_RxK: np.ndarray, logD_RxK: np.ndarray) -> np.ndarray | None:
+    """[R, 4] = (p_N, a_N, p_D, a_D) of log-linear fits over the budgets whose N* and D* are both finite;
+    NaN rows where fewer than 2 budgets are."""
+    out = np.full((len(logN_RxK), 4), np.nan)
+    ok_RxK = np.isfinite(logN_RxK) & np.isfinite(logD_RxK)
+    for r in range(len(logN_RxK)):
+        ok = ok_RxK[r]
+        if ok.sum() < 2:
+            continue
+        pN, aN = np.polyfit(logC_K[ok], logN_RxK[r, ok], 1)
+        pD, aD = np.polyfit(logC_K[ok], logD_RxK[r, ok], 1)
+        out[r] = pN, np.exp(aN), pD, np.exp(aD)
+    return out

@@ -9,23 +9,59 @@ from scaling_studies import fit
 RESAMPLES = 200  # the default is 1000; fewer here keeps the test fast
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limitation (issue 6 open): the run-bootstrap 95% interval for E under-covers. Refitting 40 noise "
-    "seeds of this data gives a true spread of E of 0.020 against a bootstrap spread of ~0.014 (coverage "
-    "~80%): Huber with delta=1e-3 below the 0.003 noise acts like least-absolute-deviation. This seed's E "
-    "error is 1.9 true spreads. Fix the interval method (parametric or simulation-calibrated bootstrap)."))
 def test_chinchilla_fit_recovers_constants_within_intervals():
-    rng = np.random.default_rng(0)
+    """Parametric-bootstrap 95% intervals (scaling_studies/fit.py) on the 8x5 design with 0.003 log noise.
+
+    Measured coverage (`python -m scaling_studies.coverage --law chinchilla --seeds 100 --resamples 400`):
+    E 98%, A 95%, B 98%, alpha 96%, beta 98%, and 94% for the prediction interval of one new run at
+    (1e9, 1e11) (standard error 2.2 points). The run bootstrap this replaces covered E ~80%. A calibrated
+    interval still misses 1 draw in 20: seed 0 is one for E (its E is 1.9 true spreads off and its residual
+    scale 20% low), so the test asks each constant to be covered in at least 3 of 4 seeds (a 95% interval
+    fails that with probability 1.4%).
+    """
     truth = {"E": 1.7, "A": 400.0, "B": 400.0, "alpha": 0.34, "beta": 0.28}
     N = np.repeat(np.logspace(5, 8, 8), 5)
     D = np.tile(np.logspace(7, 10, 5), 8)
-    L = (truth["E"] + truth["A"] / N ** truth["alpha"] + truth["B"] / D ** truth["beta"])
-    L = L * np.exp(rng.normal(0, 0.003, len(N)))
-    f = fit.fit_chinchilla(N, D, L, resamples=RESAMPLES)
-    assert f.convergence["converged"] and f.convergence["resamples_converged"] > 0.95
-    for k, v in truth.items():
-        lo, hi = f.intervals[k]
-        assert lo <= v <= hi, (k, v, f.intervals[k], f.params[k])
+    clean = truth["E"] + truth["A"] / N ** truth["alpha"] + truth["B"] / D ** truth["beta"]
+    covered = {k: 0 for k in truth}
+    for seed in range(4):
+        L = clean * np.exp(np.random.default_rng(seed).normal(0, 0.003, len(N)))
+        f = fit.fit_chinchilla(N, D, L, resamples=RESAMPLES, seed=seed)
+        assert f.convergence["converged"] and f.convergence["resamples_converged"] > 0.95, f.convergence
+        # 35 residual degrees of freedom: the robust scale is within ±35% of the true 0.003 (3 standard errors).
+        assert f.noise[1] == 35 and 0.65 * 0.003 < f.noise[0] < 1.35 * 0.003, f.noise
+        for k, v in truth.items():
+            lo, hi = f.intervals[k]
+            covered[k] += lo <= v <= hi
+    assert all(c >= 3 for c in covered.values()), covered
+
+
+def test_noise_scale_is_robust_and_prediction_interval_includes_observation_noise():
+    rng = np.random.default_rng(3)
+    r = rng.normal(0, 0.01, 400)
+    sigma, dof = fit.robust_scale(r, 5)
+    assert dof == 395 and abs(sigma / 0.01 - 1) < 0.1
+    r[0] = 1.0  # one diverged run: 100 sigmas
+    assert abs(fit.robust_scale(r, 5)[0] / 0.01 - 1) < 0.1  # winsorised: barely moves (plain RMS would be 5x)
+    assert fit.pooled_noise((0.02, 2), None, (0.01, 6)) == (pytest.approx(np.sqrt((2 * 4e-4 + 6 * 1e-4) / 8)), 8)
+    with pytest.raises(ValueError, match="no degree of freedom"):
+        fit.robust_scale(np.zeros(3), 3)
+    # Few residual degrees of freedom: sigma* = sigma*sqrt(dof/chi2) has the t-like spread (median ~ sigma).
+    draws = fit.draw_sigmas(1.0, 2, 20000, rng)
+    assert 1.1 < np.median(draws) < 1.3 and np.percentile(draws, 97.5) > 4  # sqrt(2/chi2_2): median 1.20
+
+    C = np.logspace(15, 19, 12)
+    L = (2.0 + 3e3 * C ** -0.25) * np.exp(rng.normal(0, 0.003, len(C)))
+    g = fit.fit_compute_law(C, L, resamples=RESAMPLES)
+    p = fit.predict(g, [1e20])
+    _, boot = fit.curve(g, np.array([1e20]))
+    law_lo, law_hi = np.percentile(boot[:, 0], [2.5, 97.5])
+    # The prediction interval holds the law's band AND one run's noise: wider than either alone.
+    assert p["lower"] < law_lo and p["upper"] > law_hi
+    assert (p["upper"] - p["lower"]) / p["prediction"] > 2 * 1.96 * g.noise[0] * 0.9
+    # Pooling a seed-noise floor with many degrees of freedom narrows sigma*'s spread, not its centre.
+    pooled = fit.fit_compute_law(C, L, resamples=RESAMPLES, noise=(g.noise[0], 200))
+    assert pooled.noise[1] == 209 and np.std(pooled.sigma_samples) < np.std(g.sigma_samples)
 
 
 def test_compute_law_frontier_isoflop_and_prediction():
@@ -54,5 +90,7 @@ def test_compute_law_frontier_isoflop_and_prediction():
             budgets.append(c), Ns.append(n), Ds.append(d)
             Ls.append((1.7 + 400 / n ** a_ + 400 / d ** b_) * np.exp(rng.normal(0, 0.001)))
     iso = fit.fit_isoflop(np.array(budgets), np.array(Ns), np.array(Ds), np.array(Ls), resamples=RESAMPLES)
+    # Coverage of this interval over 200 noise seeds (scaling_studies.coverage --law isoflop): 94%.
     assert iso["intervals_95"]["p_N"][0] <= b_ / (a_ + b_) <= iso["intervals_95"]["p_N"][1], iso
     assert abs(iso["p_N_plus_p_D"] - 1) < 1e-6  # D = C/(6N) exactly here
+    assert iso["noise_dof"] == 4 * (7 - 3) and len(iso["parabolas"]["N"]) == 4
