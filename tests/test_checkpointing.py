@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 
 from lrm.training import train as train_mod
 from lrm.training.checkpointing import truncate_metrics
+from process_helpers import wait_for
 from test_train import _synthetic_store, _tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,20 +67,6 @@ def _start(tmp_path: Path, mode: str, workdir: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(proc: subprocess.Popen, marker: str, timeout: float = 120) -> str:
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if line.startswith(marker):
-            return line
-    proc.kill()
-    raise AssertionError(f"no {marker!r} line; stdout: {''.join(seen)[-2000:]}\nstderr: {proc.stderr.read()[-3000:]}")
-
-
 def _finish(proc: subprocess.Popen) -> dict:
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err[-3000:]
@@ -121,7 +107,7 @@ def test_sigkill_mid_save_then_sigterm_then_resume_equals_an_uninterrupted_run(r
     ckpts = workdir / "checkpoints"
     # 1. SIGKILL mid-run, while the async save of step 8 is being finalised: only step 4 is complete.
     proc = _start(root, "hang-in-save-8", workdir)
-    _wait_for(proc, "MID-SAVE")
+    wait_for(proc, "MID-SAVE")
     proc.kill()
     proc.wait()
     finished = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
@@ -131,9 +117,9 @@ def test_sigkill_mid_save_then_sigterm_then_resume_equals_an_uninterrupted_run(r
     # 2. Resume from step 4 (not from scratch, not from the half-written 8); SIGTERM (preemption) at step 10:
     #    the trainer saves at the end of the step and exits cleanly without results.
     proc = _start(root, "slow", workdir)
-    assert _wait_for(proc, "STEP").strip() == "STEP 5"
+    assert wait_for(proc, "STEP").strip() == "STEP 5"
     assert not any("tmp" in p.name for p in ckpts.iterdir())  # cleaned up on restart
-    _wait_for(proc, "STEP 10")
+    wait_for(proc, "STEP 10")
     proc.send_signal(signal.SIGTERM)
     result = _finish(proc)
     assert result["preempted"] and 10 <= result["steps"] < NUM_STEPS

@@ -20,6 +20,7 @@ from lrm.models.retrieval import last_token_embeddings, normalized_item_table
 from lrm.serving.export import build_from_workdir, export_artifact
 from lrm.training import train as train_mod
 from lrm.training.data import store_path
+from process_helpers import post, start_server
 from test_train import _synthetic_store, _tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,23 +105,9 @@ def test_loader_keeps_most_recent_events_and_rejects_bad_input(artifact):
         rec.recommend([[1]], [[1]], k=0)
 
 
-def _post(port: int, body: bytes) -> tuple[int, dict]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/recommend", data=body, method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 def test_http_endpoint_answers_bad_requests_with_4xx_and_stays_up(artifact):
-    proc = subprocess.Popen([sys.executable, "-m", "lrm.serving.http", "--artifact", str(artifact / "artifact"),
-                             "--port", "0"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, port = start_server(artifact / "artifact")
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("serving"), proc.stderr.read()[-3000:] if proc.poll() is not None else line
-        port = int(line.rsplit(":", 1)[1])
         bad = [b"{not json", b"[1, 2]", json.dumps({"item_ids": [[1]]}).encode(),
                json.dumps({"item_ids": [[999999]], "timestamps": [[1]]}).encode(),
                json.dumps({"item_ids": [[]], "timestamps": [[]]}).encode(),
@@ -129,9 +116,9 @@ def test_http_endpoint_answers_bad_requests_with_4xx_and_stays_up(artifact):
                json.dumps({"item_ids": [[1]], "timestamps": [[1]], "surprise": 1}).encode(),
                b"\xff\xfe"]
         for body in bad:
-            status, reply = _post(port, body)
+            status, reply = post(port, "/recommend", body)
             assert 400 <= status < 500 and reply["error"], (body, status, reply)
-        status, reply = _post(port, json.dumps({"item_ids": [list(range(1, 40)), [3]],
+        status, reply = post(port, "/recommend", json.dumps({"item_ids": [list(range(1, 40)), [3]],
                                                 "timestamps": [list(range(39)), [5]], "k": 4}).encode())
         assert status == 200 and np.asarray(reply["item_ids"]).shape == (2, 4), reply
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as r:

@@ -5,8 +5,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import jax
@@ -20,6 +18,7 @@ from lrm.kernels.hstu_attention import relative_bias
 from lrm.kernels.hstu_attention.reference import attention_mask_BxLxL
 from lrm.models import build_model
 from lrm.models.retrieval import candidate_batch, normalized_item_table, score_candidates
+from process_helpers import post, start_server
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_ITEMS = 30
@@ -247,23 +246,9 @@ def test_loader_rejects_bad_candidate_requests(artifact):
         rec.score_candidates([[]], [[]], [[1]])
 
 
-def _post(port: int, route: str, body: bytes) -> tuple[int, dict]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{route}", data=body, method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 def test_http_score_answers_bad_requests_with_4xx(artifact):
-    proc = subprocess.Popen([sys.executable, "-m", "lrm.serving.http", "--artifact", str(artifact / "artifact"),
-                             "--port", "0"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, port = start_server(artifact / "artifact")
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("serving"), proc.stderr.read()[-3000:] if proc.poll() is not None else line
-        port = int(line.rsplit(":", 1)[1])
         base = {"item_ids": [[1, 2]], "timestamps": [[5, 9]], "candidates": [[3, 4]]}
         bad = [b"{not json", b"[1]", json.dumps({"item_ids": [[1]], "timestamps": [[1]]}).encode(),
                json.dumps({**base, "candidates": [[999]]}).encode(),
@@ -273,13 +258,13 @@ def test_http_score_answers_bad_requests_with_4xx(artifact):
                json.dumps({**base, "item_ids": [[]], "timestamps": [[]]}).encode(),
                json.dumps({**base, "kind": 5}).encode(), json.dumps({**base, "k": 3}).encode()]
         for body in bad:
-            status, reply = _post(port, "/score", body)
+            status, reply = post(port, "/score", body)
             assert 400 <= status < 500 and reply["error"], (body, status, reply)
-        status, reply = _post(port, "/score", json.dumps(REQUEST).encode())
+        status, reply = post(port, "/score", json.dumps(REQUEST).encode())
         assert status == 200 and [len(s) for s in reply["scores"]] == [3, 4], reply
-        status, reply = _post(port, "/recommend", json.dumps({k: base[k] for k in ("item_ids", "timestamps")}).encode())
+        status, reply = post(port, "/recommend", json.dumps({k: base[k] for k in ("item_ids", "timestamps")}).encode())
         assert status == 200, reply
-        assert _post(port, "/nowhere", b"{}")[0] == 404 and proc.poll() is None
+        assert post(port, "/nowhere", b"{}")[0] == 404 and proc.poll() is None
     finally:
         proc.kill()
         proc.wait()

@@ -11,11 +11,11 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 
+from process_helpers import wait_for
 from test_train import _synthetic_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,20 +75,6 @@ def _start_pair(tmp_path: Path, mode: str, workdir: Path) -> list[subprocess.Pop
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in (0, 1)]
 
 
-def _wait_for(proc: subprocess.Popen, marker: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if line.startswith(marker):
-            return
-    proc.kill()
-    raise AssertionError(f"no {marker!r} line; stdout: {''.join(seen)[-2000:]}\nstderr: {proc.stderr.read()[-3000:]}")
-
-
 def _finish(procs: list[subprocess.Popen]) -> list[dict]:
     outputs = []
     try:
@@ -128,7 +114,7 @@ def test_sigterm_on_one_process_stops_both_at_the_same_step_and_resumes_exactly(
     assert reference == [{"preempted": False, "steps": NUM_STEPS}] * 2
     workdir = tmp_path / "run"
     preempted = _start_pair(tmp_path, "slow", workdir)
-    _wait_for(preempted[1], "STEP 3")
+    wait_for(preempted[1], "STEP 3")
     preempted[1].send_signal(signal.SIGTERM)  # process 1 only
     results = _finish(preempted)
     saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
