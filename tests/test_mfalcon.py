@@ -163,8 +163,9 @@ M_EXPORT = 4
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    """A workdir with a best checkpoint (no training: the parameters are an initialisation), exported."""
-    from lrm.serving.export import export_artifact
+    """A workdir with a best checkpoint (no training: the parameters are an initialisation), exported by the
+    `lrm-export` entry point."""
+    from launch import export as export_cli
     from lrm.training.checkpointing import TrainCheckpointer
     from test_train import _synthetic_store, _tiny_config
 
@@ -179,7 +180,8 @@ def artifact(tmp_path_factory):
     ckpt.save_best(1, nnx.split(model, nnx.Param)[1], None)
     ckpt.wait()
     ckpt.close()
-    export_artifact(root / "run", root / "artifact", platforms=("cpu",), num_candidates=M_EXPORT)
+    export_cli.main(["--workdir", str(root / "run"), "--output", str(root / "artifact"), "--platforms", "cpu",
+                     "--num_candidates", str(M_EXPORT)])
     return root
 
 
