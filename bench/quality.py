@@ -38,7 +38,11 @@ def run_one(model: str, dataset: str, out: Path, overrides: dict) -> dict:
         if leaf not in node:
             raise KeyError(f"unknown config key {key!r}")
         node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value in ("1", "true", "True")
-    return train_and_evaluate(config, workdir)
+    res = train_and_evaluate(config, workdir)
+    if res.get("preempted"):  # SIGTERM: the trainer saved a checkpoint; the same command resumes from it
+        raise SystemExit(f"{workdir}: stopped by SIGTERM at step {res['steps_run']} (checkpoint saved); run the "
+                         "same command again to resume")
+    return res
 
 
 def format_table(rows: list[tuple[str, str, str, dict]]) -> str:
