@@ -1,9 +1,10 @@
 """Fits, figures and report.md of a scaling study, and the pre-registration of a held-out prediction.
 
-    python -m scaling_studies.report --study scaling_studies/results/<name> [--true_entropy X]
+    python -m scaling_studies.report --study scaling_studies/results/<name> [--true_entropy_from SWEEP.py | --true_entropy X]
     python -m scaling_studies.report --study scaling_studies/results/<name> --predict 1e13[,3e13]
 
-The first writes fits.json, figures/*.png and report.md. Runs at the budgets listed in prediction.json are
+The first writes fits.json, figures/*.png and report.md. `--true_entropy_from` computes the synthetic process's
+true CE on exactly the events the metric was measured on (the sweep's generator, split, max_len and eval users). Runs at the budgets listed in prediction.json are
 held out of every fit and compared with the prediction. `--predict` fits L(C) on the runs present and writes
 prediction.json (predicted CE and 95% prediction interval per budget); it refuses to overwrite one, and refuses
 when runs at a listed budget have already finished: a pre-registration is made before the runs, once.
@@ -22,6 +23,7 @@ import numpy as np
 from scaling_studies import fit as fitlib
 from scaling_studies import plot
 from scaling_studies.study import Study, configurations, load_study, noise_floor, same_budget
+from scaling_studies.sweeps import Sweep
 
 PREDICTION = "prediction.json"
 
@@ -126,6 +128,23 @@ def preregister(study_dir: str | Path, budgets: list[float], *, params: str = "t
     return path
 
 
+def true_entropy_of(sweep: Sweep, study: Study) -> dict:
+    """Mean true CE (nats), its standard error and the user count of the events `study.metric` was measured on:
+    the sweep's synthetic generator, the metric's split, the runs' max_len and their eval user subset."""
+    from data_pipeline.datasets.synthetic import true_cross_entropy
+
+    if sweep.synthetic is None:
+        raise ValueError(f"sweep {sweep.name!r} has no synthetic generator; its data has no known true entropy")
+    data, evaluation = study.first_config.get("data", {}), study.first_config.get("eval", {})
+    if data.get("dataset") != sweep.synthetic.name:
+        raise ValueError(f"{study.path}: runs trained on {data.get('dataset')!r}, the sweep generates "
+                         f"{sweep.synthetic.name!r}")
+    split = study.metric.split("_")[0]
+    users = int(evaluation.get("max_users", 0)) or None
+    out = true_cross_entropy(sweep.synthetic, split=split, max_len=int(data["max_len"]), users=users)
+    return {**out, "split": split, "max_len": int(data["max_len"]), "sweep": sweep.name}
+
+
 def _fmt_interval(fit_json: dict, key: str) -> str:
     lo, hi = fit_json["intervals_95"][key]
     return f"{fit_json['params'][key]:.4g} [{lo:.4g}, {hi:.4g}]"
@@ -223,8 +242,12 @@ def _prediction_lines(study: Study, prediction: dict | None) -> list[str]:
 def _truth_lines(fits: dict, true_entropy: float | None) -> list[str]:
     if true_entropy is None:
         return []
+    detail = fits.get("true_entropy_detail")
+    where = ("" if detail is None else f" (±{detail['stderr']:.4f} standard error; the {detail['split']} targets of "
+             f"the first {detail['users']:,} users, histories cut to their last {detail['max_len']} events, as the "
+             "runs were evaluated)")
     lines = ["## True entropy (synthetic data)", "",
-             f"The process's true cross-entropy on the validation events is {true_entropy:.4f} nats.", "",
+             f"The process's true cross-entropy on the evaluated events is {true_entropy:.4f} nats{where}.", "",
              "| law | fitted E [95% interval] | truth inside? |", "|---|---|---|"]
     for key, title in (("compute_law", "L(C)"), ("chinchilla", "L(N, D)")):
         f = fits.get(key, {})
@@ -261,7 +284,8 @@ def write_report(study: Study, fits: dict, prediction: dict | None, figures: lis
 
 
 def make_report(study_dir: str | Path, *, true_entropy: float | None = None, params: str = "total",
-                metric: str = "valid_ce", resamples: int = fitlib.DEFAULT_RESAMPLES, seed: int = 0) -> dict:
+                metric: str = "valid_ce", resamples: int = fitlib.DEFAULT_RESAMPLES, seed: int = 0,
+                true_entropy_from: Sweep | None = None) -> dict:
     """Fits (held-out budgets from prediction.json left out), fits.json, figures/*.png, report.md."""
     study_dir = Path(study_dir)
     study = load_study(study_dir, metric=metric)
@@ -269,6 +293,11 @@ def make_report(study_dir: str | Path, *, true_entropy: float | None = None, par
     prediction = json.loads(pred_path.read_text()) if pred_path.exists() else None
     held = [p["budget"] for p in prediction["predictions"]] if prediction else []
     fits, objs = fit_study(study, held_out=held, params=params, resamples=resamples, seed=seed)
+    if true_entropy_from is not None:
+        if true_entropy is not None:
+            raise ValueError("give either true_entropy or true_entropy_from, not both")
+        fits["true_entropy_detail"] = true_entropy_of(true_entropy_from, study)
+        true_entropy = fits["true_entropy_detail"]["ce"]
     if true_entropy is not None:
         fits["true_entropy"] = true_entropy
     (study_dir / "fits.json").write_text(json.dumps(fits, indent=2, default=_json_default))
@@ -296,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", required=True, help="sweep output folder holding results.jsonl")
     p.add_argument("--predict", help="comma-separated held-out budgets (FLOPs): write prediction.json and stop")
     p.add_argument("--true_entropy", type=float, help="the data's true CE (synthetic data), to compare with E")
+    p.add_argument("--true_entropy_from", help="sweep file with a synthetic generator: compute the true CE of the "
+                                               "evaluated events from it")
     p.add_argument("--params", choices=["total", "non_embedding"], default="total", help="N for the fits")
     p.add_argument("--metric", choices=["valid_ce", "test_ce"], default="valid_ce")
     p.add_argument("--resamples", type=int, default=fitlib.DEFAULT_RESAMPLES)
@@ -312,7 +343,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"C={row['budget']:.3g}: predicted {row['prediction']:.4f} [{row['lower']:.4f}, {row['upper']:.4f}]")
         print(f"wrote {path}")
         return 0
-    make_report(a.study, true_entropy=a.true_entropy, **kw)
+    sweep = None
+    if a.true_entropy_from:
+        from scaling_studies.launch_sweep import load_sweep
+
+        sweep = load_sweep(a.true_entropy_from)
+    make_report(a.study, true_entropy=a.true_entropy, true_entropy_from=sweep, **kw)
     print(f"wrote {Path(a.study) / 'fits.json'}, {Path(a.study) / 'figures'}/, {Path(a.study) / 'report.md'}")
     return 0
 

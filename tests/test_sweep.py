@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from data_pipeline.datasets import synthetic as sy
 from scaling_studies import launch_sweep
@@ -73,6 +74,7 @@ def test_sweep_survives_a_failure_and_relaunch_runs_only_what_is_missing(tmp_pat
         assert r["flops"] > 0 and r["tokens"] > 0 and r["params_total"] > r["params_non_embedding"] > 0
         assert np.isfinite(r["valid_ce"]) and 0 <= r["valid_hr@10"] <= 1 and "valid_ndcg@10" in r
         _check_flops_agree(r, out / "runs" / f"{r['name']}-{r['config_hash']}")
+    _check_true_entropy(sweep, out, done)
     assert "[sweep] 3/3 done" not in capsys.readouterr().out  # one failed: never reported as all done
     second = launch_sweep.run_local(sweep, out, parallel=2, env={"JAX_PLATFORMS": "cpu"})
     assert second == {"done": 0, "failed": 1, "skipped": 2}
@@ -81,6 +83,21 @@ def test_sweep_survives_a_failure_and_relaunch_runs_only_what_is_missing(tmp_pat
     script = launch_sweep.write_submission(sweep, out, "slurm")
     assert "#SBATCH --array=0-0" in script.read_text()
     assert "model.embed_dim=-1" in (out / "submit" / "commands.txt").read_text()
+
+
+def _check_true_entropy(sweep: Sweep, out, done: list[dict]) -> None:
+    """The report's true CE is the generator's, on the split, max_len and users the runs were evaluated on;
+    no trained model can beat it beyond sampling noise."""
+    pytest.importorskip("matplotlib", reason="the report draws figures with matplotlib (pip install -e '.[scaling]')")
+    from scaling_studies import report
+    from scaling_studies.study import load_study
+
+    got = report.true_entropy_of(sweep, load_study(out))
+    want = sy.true_cross_entropy(sweep.synthetic, split="valid", max_len=10)
+    assert got == {**want, "split": "valid", "max_len": 10, "sweep": "tiny"} and want["users"] == 64, got
+    assert all(r["valid_ce"] > got["ce"] - 3 * got["stderr"] for r in done), (got, [r["valid_ce"] for r in done])
+    with pytest.raises(ValueError, match="no synthetic generator"):
+        report.true_entropy_of(Sweep(name="real", config_file="configs/tiny.py"), load_study(out))
 
 
 def _check_flops_agree(row: dict, workdir) -> None:
