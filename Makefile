@@ -19,8 +19,9 @@ venv: $(VENV)/.installed
 train: venv
 	LRM_DATA_DIR=$(LRM_DATA_DIR) $(PY) -m launch.train --config $(CONFIG) --workdir $(WORKDIR)
 
+# Two workers, one test file each (module fixtures are built once); the suite is CPU-bound on 2 cores.
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) runs

@@ -21,7 +21,7 @@ setup(
         "flatbuffers>=24",  # jax.export serialisation of serving artifacts
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "matplotlib>=3.7"],  # tests draw the scaling report
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "matplotlib>=3.7"],  # report tests draw figures
         "scaling": ["matplotlib>=3.7"],  # python -m scaling_studies.report (figures)
         "gpu": ["jax[cuda12]>=0.10,<0.12"],
         "tpu": ["jax[tpu]>=0.10,<0.12"],
