@@ -1,0 +1,77 @@
+"""Cost of the sampled-softmax loss (forward + backward) beside the one matmul it cannot avoid.
+
+  python -m bench.loss --recipes sasrec_ml1m,hstu_beauty --batch_size 80
+
+For each recipe: the loss on the shapes of a real training batch (rows x slots from the pipeline, the
+recipe's D and K, the store's V), timed with `scoring="gather"` and `"dense"`, and the time of one
+[rows·slots, D] x [D, V] matmul: the floor of dense scoring, which needs three of them (forward logits, and
+the user and table gradients). It answers "where does a CPU training step go" for small-catalogue recipes.
+Medians over timed repeats after compilation; compare the ratios within one run.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data_pipeline.pipeline import make_train_dataset
+from lrm import losses
+from lrm.models.embeddings import l2_normalize
+from lrm.training.data import open_or_build_store
+
+
+def _median_ms(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # compile
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipes", default="sasrec_ml1m,hstu_beauty")
+    p.add_argument("--batch_size", type=int, default=0, help="rows per batch; 0 = the recipe's train.batch_size")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--store_root", default="stores")
+    args = p.parse_args(argv)
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} "
+          f"({platform.processor() or platform.machine()}), jax {jax.__version__}")
+    print("| recipe | rows x slots | D | V | K | scoring | loss fwd+bwd ms | one matmul ms | loss / matmul |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in args.recipes.split(","):
+        config = importlib.import_module(f"configs.{name}").get_config()
+        config.data.store_root = args.store_root
+        if config.data.dataset == "ml-1m":
+            config.data.protocol = "reference"  # as bench.quality trains it
+        store = open_or_build_store(config.data)
+        rows = args.batch_size or config.train.batch_size
+        batch = next(iter(make_train_dataset(store, max_len=config.data.max_len, batch_size=rows, seed=0,
+                                             pack=True)))
+        target_ids_BxL = jnp.asarray(batch["target_ids_BxL"])
+        (b, length), dim, k = target_ids_BxL.shape, config.model.embed_dim, config.loss.num_negatives
+        num_rows = store.num_items + 1
+        user_BxLxD = l2_normalize(jax.random.normal(jax.random.key(0), (b, length, dim)))
+        table_VxD = jax.random.normal(jax.random.key(1), (num_rows, dim)) * 0.1
+        negatives_BxLxK = losses.sample_negatives(jax.random.key(2), (b, length, k), num_rows)
+        matmul = jax.jit(lambda u, t: u.reshape(-1, dim) @ t.T)
+        matmul_ms = _median_ms(matmul, user_BxLxD, table_VxD, repeats=args.repeats)
+        for scoring in ("gather", "dense"):
+            def loss(u, t, scoring=scoring):
+                return losses.sampled_softmax_loss_with_negatives(
+                    u, t, target_ids_BxL, negatives_BxLxK, temperature=config.loss.temperature, scoring=scoring)[0]
+            step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+            ms = _median_ms(step, user_BxLxD, table_VxD, repeats=args.repeats)
+            print(f"| {name} | {b} x {length} | {dim} | {num_rows:,} | {k} | {scoring} | {ms:,.0f} | "
+                  f"{matmul_ms:,.0f} | {ms / matmul_ms:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
