@@ -147,8 +147,8 @@ def train_flops(model_cfg: Any, loss_cfg: Any, num_items: int, *, tokens: float,
 def dense_step_flops(model_cfg: Any, loss_cfg: Any, num_items: int, *, batch_size: int, row_len: int,
                      train: bool = True) -> float:
     """Matmul FLOPs the plain-XLA step executes on a [batch_size, row_len] batch: every slot, full L×L
-    scores, and the loss head as `lrm.losses` computes it (dense scoring: all V+1 rows; gather: K+1 rows;
-    full softmax: the V real rows). `train=False`: the forward encoder only (no loss)."""
+    scores, and the loss head as `lrm.losses` computes it (dense scoring: all V+1 rows and the positive's;
+    gather: K+1 rows; full softmax: the V real rows). `train=False`: the forward encoder only (no loss)."""
     s = Shape.from_config(model_cfg, num_items)
     slots = batch_size * row_len
     encoder = _encoder_forward_per_token(s, float(row_len)) * slots
@@ -158,7 +158,8 @@ def dense_step_flops(model_cfg: Any, loss_cfg: Any, num_items: int, *, batch_siz
     if kind == "sampled_softmax":
         scoring, K = _get(loss_cfg, "scoring"), int(_get(loss_cfg, "num_negatives"))
         dense = scoring == "dense" or (scoring == "auto" and s.num_items + 1 <= 32 * K)
-        loss = 2.0 * (s.num_items + 1 if dense else K + 1) * s.embed_dim * slots
+        # dense: all V+1 rows by one matmul plus the positive's own row (a batched dot); gather: K+1 rows.
+        loss = 2.0 * (s.num_items + 2 if dense else K + 1) * s.embed_dim * slots
     else:
         # V logits by one matmul; the positive's own logit is a multiply + sum (element-wise, not counted).
         loss = 2.0 * s.num_items * s.embed_dim * slots

@@ -94,7 +94,7 @@ def _shard_logits(table_RxD: jax.Array, first_row: jax.Array, user_BxLxD: jax.Ar
     local_BxLxK = jnp.clip(local_BxLxK, 0, num_local - 1)
     batch = user_BxLxD.shape[0]
     if dense:
-        logits_BxLxR = jnp.einsum("bld,rd->blr", user_BxLxD, l2_normalize(table_RxD)) / temperature
+        logits_BxLxR = jnp.einsum("bld,rd->blr", user_BxLxD / temperature, l2_normalize(table_RxD))
         logits_BxLxK = jnp.take_along_axis(logits_BxLxR, local_BxLxK, axis=-1)
     elif num_chunks > 1 and batch % num_chunks == 0:
         chunk = functools.partial(_gathered_logits, table_RxD=table_RxD, temperature=temperature)
@@ -140,9 +140,13 @@ def sampled_softmax_loss_with_negatives(user_emb_BxLxD: jax.Array, item_table_Vx
         pos_logit_BxL, neg_logit_BxLxK = logits_BxLx1pK[:, :, 0], logits_BxLx1pK[:, :, 1:]
     elif dense:
         # Same logits, computed as one [B·L, V] matmul plus a gather of K scalars per position: for small
-        # catalogues far cheaper than gathering (and, backward, scatter-adding) K rows of D floats.
-        logits_BxLxV = jnp.einsum("bld,vd->blv", user_BxLxD, l2_normalize(table_VxD)) / temperature
-        pos_logit_BxL = jnp.take_along_axis(logits_BxLxV, target_ids_BxL[:, :, None], axis=-1)[:, :, 0]
+        # catalogues far cheaper than gathering (and, backward, scatter-adding) K rows of D floats. The
+        # temperature scales the [B·L, D] side, not the [B·L, V] block, and the positive is one gathered row:
+        # each saves a pass over the block forward and backward (bench/loss.py: ~25% of the loss on ML-1M).
+        scaled_BxLxD = user_BxLxD / temperature
+        normed_VxD = l2_normalize(table_VxD)
+        logits_BxLxV = jnp.einsum("bld,vd->blv", scaled_BxLxD, normed_VxD)
+        pos_logit_BxL = jnp.einsum("bld,bld->bl", scaled_BxLxD, jnp.take(normed_VxD, target_ids_BxL, axis=0))
         neg_logit_BxLxK = jnp.take_along_axis(logits_BxLxV, negative_ids_BxLxK, axis=-1)
     else:
         pos_BxLxD = l2_normalize(jnp.take(table_VxD, target_ids_BxL, axis=0))
@@ -179,12 +183,13 @@ def _logsumexp_parts(user_NxD: jax.Array, items_MxD: jax.Array, real_M: jax.Arra
     padded_MxD = jnp.pad(items_MxD, ((0, num_chunks * chunk_size - num_items), (0, 0)))
     chunks_CxKxD = padded_MxD.reshape(num_chunks, chunk_size, -1)
     real_CxK = jnp.pad(real_M, (0, num_chunks * chunk_size - num_items)).reshape(num_chunks, chunk_size)
+    scaled_NxD = user_NxD / temperature  # scaling the [N, D] side spares a pass over every [N, chunk] block
 
     @jax.checkpoint  # keep only the carries for the backward pass, not every [N, chunk] block
     def step(carry, xs):
         max_N, sum_N = carry
         chunk_KxD, real_K = xs
-        logits_NxK = (user_NxD @ chunk_KxD.T) / temperature
+        logits_NxK = scaled_NxD @ chunk_KxD.T
         logits_NxK = jnp.where(real_K[None, :], logits_NxK, -jnp.inf)
         # The shift is a constant for autodiff (as in jax.nn.logsumexp); the gradient stays the softmax.
         new_max_N = jax.lax.stop_gradient(jnp.maximum(max_N, jnp.max(logits_NxK, axis=1)))
@@ -256,7 +261,7 @@ def full_softmax_loss(user_emb_BxLxD: jax.Array, item_table_VxD: jax.Array, targ
     pos_N = jnp.sum(user_NxD * l2_normalize(jnp.take(table_VxD, target_ids_BxL.reshape(-1), axis=0)), axis=-1)
     pos_N = pos_N / temperature
     if chunk_size is None or chunk_size >= items_MxD.shape[0]:
-        lse_N = jax.nn.logsumexp((user_NxD @ items_MxD.T) / temperature, axis=-1)
+        lse_N = jax.nn.logsumexp((user_NxD / temperature) @ items_MxD.T, axis=-1)
     else:
         max_N, sum_N = _logsumexp_parts(user_NxD, items_MxD, jnp.ones(items_MxD.shape[0], bool), temperature,
                                         chunk_size)
