@@ -13,26 +13,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from bench.attention import _median_ms
 from data_pipeline.pipeline import make_train_dataset
 from lrm import losses
 from lrm.models.embeddings import l2_normalize
 from lrm.training.data import open_or_build_store
-
-
-def _median_ms(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
 
 
 def main(argv=None) -> None:
@@ -62,13 +51,13 @@ def main(argv=None) -> None:
         table_VxD = jax.random.normal(jax.random.key(1), (num_rows, dim)) * 0.1
         negatives_BxLxK = losses.sample_negatives(jax.random.key(2), (b, length, k), num_rows)
         matmul = jax.jit(lambda u, t: u.reshape(-1, dim) @ t.T)
-        matmul_ms = _median_ms(matmul, user_BxLxD, table_VxD, repeats=args.repeats)
+        matmul_ms = _median_ms(matmul, (user_BxLxD, table_VxD), warmup=1, iters=args.repeats)
         for scoring in ("gather", "dense"):
             def loss(u, t, scoring=scoring):
                 return losses.sampled_softmax_loss_with_negatives(
                     u, t, target_ids_BxL, negatives_BxLxK, temperature=config.loss.temperature, scoring=scoring)[0]
             step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-            ms = _median_ms(step, user_BxLxD, table_VxD, repeats=args.repeats)
+            ms = _median_ms(step, (user_BxLxD, table_VxD), warmup=1, iters=args.repeats)
             print(f"| {name} | {b} x {length} | {dim} | {num_rows:,} | {k} | {scoring} | {ms:,.0f} | "
                   f"{matmul_ms:,.0f} | {ms / matmul_ms:.1f}x |")
 
