@@ -24,6 +24,11 @@ PUBLISHED: dict[tuple[str, str], list[tuple[str, dict]]] = {
 _TIGER = "Rajput et al. NeurIPS 2023 (arXiv 2305.05065) Table 1"
 _ACTIONPIECE = "Hou et al. ICML 2025 (arXiv 2502.13581v1) Table 2"
 _SS = "'SASRec is Still Strong' (arXiv 2508.06450), SASRec+SS, repo README"
+# BSARec (Shin et al., AAAI 2024, arXiv 2312.10325, Table 2): the same S3Rec files (via FMLP-Rec), leave-one-out,
+# checkpoint picked on validation, full ranking with the user's training items scored 0. Beauty: the test line
+# of the authors' committed log (yehjin-shin/BSARec src/output/BSARec_Beauty_best.log); Sports: HR@5/HR@10 of
+# the paper's table as listed by Papers with Code (its NDCG@K were not found, so they are left blank).
+_BSAREC = "Shin et al. AAAI 2024 (BSARec, arXiv 2312.10325) Table 2"
 
 
 def _at5_10(hr5, n5, hr10, n10):
@@ -34,9 +39,11 @@ PUBLISHED.update({
     ("beauty", "sasrec"): [(_TIGER, _at5_10(.0387, .0249, .0605, .0318)),
                            (_SS, {"hr@10": .0921, "ndcg@10": .0531})],
     ("beauty", "tiger"): [(_TIGER, _at5_10(.0454, .0321, .0648, .0384))],
+    ("beauty", "bsarec"): [(_BSAREC, _at5_10(.0736, .0523, .1008, .0611))],
     ("beauty", "hstu"): [(_ACTIONPIECE, _at5_10(.0469, .0314, .0704, .0389))],
     ("sports", "sasrec"): [(_TIGER, _at5_10(.0233, .0154, .0350, .0192)),
                            (_SS, {"hr@10": .0569, "ndcg@10": .0314})],
     ("sports", "tiger"): [(_TIGER, _at5_10(.0264, .0181, .0400, .0225))],
+    ("sports", "bsarec"): [(_BSAREC, {"hr@5": .0426, "hr@10": .0612})],
     ("sports", "hstu"): [(_ACTIONPIECE, _at5_10(.0258, .0165, .0414, .0215))],
 })
