@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from data_pipeline.splits import train_lengths
+from lrm.losses import DENSE_SCORING_MAX_RATIO
 
 _MODELS = ("hstu", "sasrec")
 _LOSSES = ("sampled_softmax", "full_softmax")
@@ -157,7 +158,7 @@ def dense_step_flops(model_cfg: Any, loss_cfg: Any, num_items: int, *, batch_siz
     kind = _get(loss_cfg, "kind")
     if kind == "sampled_softmax":
         scoring, K = _get(loss_cfg, "scoring"), int(_get(loss_cfg, "num_negatives"))
-        dense = scoring == "dense" or (scoring == "auto" and s.num_items + 1 <= 32 * K)
+        dense = scoring == "dense" or (scoring == "auto" and s.num_items + 1 <= DENSE_SCORING_MAX_RATIO * K)
         # dense: all V+1 rows by one matmul plus the positive's own row (a batched dot); gather: K+1 rows.
         loss = 2.0 * (s.num_items + 2 if dense else K + 1) * s.embed_dim * slots
     else:

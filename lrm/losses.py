@@ -22,7 +22,9 @@ from lrm import sharding
 from lrm.models.embeddings import l2_normalize
 
 SCORINGS = ("auto", "gather", "dense")
-DENSE_SCORING_MAX_RATIO = 32  # dense scoring when V <= 32·K (measured on CPU: bench/throughput.py)
+# Dense scoring when V <= 64·K: on the 2-core CPU the two break even near V/K = 64 (K=128, D=50) to 90 (K=512,
+# D=64); `python -m bench.loss --ratios ...` measures it (docs/benchmarks.md).
+DENSE_SCORING_MAX_RATIO = 64
 
 
 def host_value(x) -> np.ndarray | None:
