@@ -42,8 +42,9 @@ class MetricsWriter:
 class Progress:
     """One line per log interval: step, loss, examples/s, tokens/s, ETA."""
 
-    def __init__(self, total_steps: int):
+    def __init__(self, total_steps: int, start_step: int = 0):
         self.total = total_steps
+        self.start_step = start_step  # a resumed run: the rate counts the steps taken since this process began
         self.start = time.perf_counter()
         self.last = self.start
         self.examples = 0
@@ -58,7 +59,7 @@ class Progress:
         dt = max(now - self.last, 1e-9)
         rates = {"examples_per_s": self.examples / dt, "tokens_per_s": self.tokens / dt}
         elapsed = now - self.start
-        eta = elapsed / max(step, 1) * (self.total - step)
+        eta = elapsed / max(step - self.start_step, 1) * (self.total - step)
         self.last, self.examples, self.tokens = now, 0, 0
         text = (f"step {step}/{self.total} | loss {loss:.4f} | {rates['examples_per_s']:,.0f} ex/s | "
                 f"{rates['tokens_per_s']:,.0f} tok/s | ETA {_hms(eta)}")

@@ -142,7 +142,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     best = {"metric": -math.inf, "step": 0, "metrics": None}
     best_params = sharded.snapshot(params, layout.param_shardings)
     evals_since_best = 0
-    progress = Progress(total_steps)
     t_start = time.perf_counter()
     tokens_seen = 0
     step = 0
@@ -157,6 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         best_params = ckpt.restore_best(params, best["step"]) if has_valid and best["step"] else best_params
         truncate_metrics(workdir / "metrics.jsonl", step)
         logging.info("resumed from %s at step %d", workdir / "checkpoints", step)
+    progress = Progress(total_steps, start_step=step)
     meter = MfuMeter.for_run(config, store, start_tokens=tokens_seen)  # after a resume: counts on from there
     preempt = PreemptionFlag(preemption_check_every_steps(config.checkpoint)).install()
     try:
