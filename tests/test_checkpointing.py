@@ -123,12 +123,17 @@ def test_sigkill_mid_save_then_sigterm_then_resume_equals_an_uninterrupted_run(r
     proc.send_signal(signal.SIGTERM)
     result = _finish(proc)
     assert result["preempted"] and 10 <= result["steps"] < NUM_STEPS
+    saved_at_stop = json.loads((ckpts / str(result["steps"]) / "meta" / "metadata").read_text())["train_seconds"]
     assert (ckpts / str(result["steps"])).is_dir() and not (workdir / "results.json").exists()
 
     # 3. Resume to the end: parameters, optimizer state, metrics and results equal the uninterrupted run's.
     result = _finish(_start(root, "fast", workdir))
     assert result == {"preempted": False, "steps": NUM_STEPS}
     _assert_same_run(root / "reference", workdir)
+    # the run's train time adds up all three processes' shares, not only the last one's
+    res = json.loads((workdir / "results.json").read_text())
+    assert res["train_seconds"] > saved_at_stop > 0
+    assert res["train_seconds"] == pytest.approx(saved_at_stop + res["train_seconds_this_process"])
 
 
 _MESH_SAVE = textwrap.dedent("""
@@ -170,6 +175,7 @@ _MESH_SAVE = textwrap.dedent("""
         want = fresh["embed"]["item"]["table"].value.sharding
         assert table.sharding == want, (table.sharding, want)
         assert resumed.step == 3 and resumed.data_iterator == {"epoch": 0, "batch": 3} and resumed.tokens_seen == 7
+        assert resumed.train_seconds == 12.5
         print("RESTORED", len(table.sharding.device_set), flush=True)
 
     if mode == "save":
@@ -178,7 +184,8 @@ _MESH_SAVE = textwrap.dedent("""
         saved = place(params, mesh8, "x")
         ckpt = TrainCheckpointer(workdir, ckpt_cfg, cfg.to_dict())
         ckpt.save(3, saved, tx.init(saved), data_iterator={"epoch": 0, "batch": 3},
-                  best={"metric": 0.5, "step": 3, "metrics": {"ndcg@10": 0.5}}, evals_since_best=0, tokens_seen=7)
+                  best={"metric": 0.5, "step": 3, "metrics": {"ndcg@10": 0.5}}, evals_since_best=0, tokens_seen=7,
+                  train_seconds=12.5)
         ckpt.save_best(3, saved, {"ndcg@10": 0.5})
         ckpt.wait()
         np.savez(workdir + "/expected.npz", *[np.asarray(x) for x in jax.tree.leaves(saved)])

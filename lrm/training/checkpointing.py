@@ -49,6 +49,7 @@ class Resumed:
     best: dict  # {"metric": float | -inf, "step": int, "metrics": dict | None}
     evals_since_best: int
     tokens_seen: int
+    train_seconds: float | None  # wall time of the train loop up to `step`; None in checkpoints older than the field
 
 
 def abstract_like(tree: Any) -> Any:
@@ -116,7 +117,7 @@ class TrainCheckpointer:
         return self.every_steps > 0 and step % self.every_steps == 0
 
     def save(self, step: int, params: Any, opt_state: Any, *, data_iterator: dict, best: dict,
-             evals_since_best: int, tokens_seen: int) -> None:
+             evals_since_best: int, tokens_seen: int, train_seconds: float | None) -> None:
         """Starts saving the train state of `step` (returns before the write ends when async).
 
         Every process calls it at the same steps; `data_iterator` is this process's iterator state."""
@@ -131,6 +132,7 @@ class TrainCheckpointer:
             "best": {"metric": _json_metric(best["metric"]), "step": int(best["step"]), "metrics": best["metrics"]},
             "evals_since_best": int(evals_since_best),
             "tokens_seen": int(tokens_seen),
+            "train_seconds": None if train_seconds is None else float(train_seconds),
             "config": self._config,
         }
         self._states.save(step, args=ocp.args.Composite(
@@ -176,7 +178,8 @@ class TrainCheckpointer:
         best["metric"] = -math.inf if best["metric"] is None else best["metric"]
         return Resumed(step=int(meta["step"]), params=restored.state["params"],
                        opt_state=restored.state["opt_state"], data_iterator=_own_iterator_state(meta), best=best,
-                       evals_since_best=int(meta["evals_since_best"]), tokens_seen=int(meta["tokens_seen"]))
+                       evals_since_best=int(meta["evals_since_best"]), tokens_seen=int(meta["tokens_seen"]),
+                       train_seconds=meta.get("train_seconds"))
 
     def restore_best(self, params: Any, step: int | None = None) -> Any:
         """Best parameters (of `step`, default the newest best checkpoint), placed like `params`."""

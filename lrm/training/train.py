@@ -144,6 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     evals_since_best = 0
     t_start = time.perf_counter()
     tokens_seen = 0
+    prior_seconds: float | None = 0.0  # train-loop wall time of earlier processes of this run (resumes)
     step = 0
     pending = None
     train_iter = iter(train_ds)
@@ -151,6 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     resumed = ckpt.restore(params, opt_state)  # automatic resume: exact, from the newest complete checkpoint
     if resumed is not None:
         step, params, opt_state, tokens_seen = resumed.step, resumed.params, resumed.opt_state, resumed.tokens_seen
+        prior_seconds = resumed.train_seconds
         best, evals_since_best = resumed.best, resumed.evals_since_best
         train_iter.set_state(resumed.data_iterator)
         best_params = ckpt.restore_best(params, best["step"]) if has_valid and best["step"] else best_params
@@ -204,20 +206,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             stop = preempt.should_stop(step)  # SIGTERM on any process: all of them save this step and stop
             if ckpt.due(step) or stop:
                 ckpt.save(step, params, opt_state, data_iterator=train_iter.get_state(), best=best,
-                          evals_since_best=evals_since_best, tokens_seen=tokens_seen)
+                          evals_since_best=evals_since_best, tokens_seen=tokens_seen,
+                          train_seconds=_total_seconds(prior_seconds, t_start))
             if stop:
                 break
     finally:  # also when the loop raises (NaN loss): never leave SIGTERM swallowed
         preempt.uninstall()
     ckpt.save(step, params, opt_state, data_iterator=train_iter.get_state(), best=best,
-              evals_since_best=evals_since_best, tokens_seen=tokens_seen)
+              evals_since_best=evals_since_best, tokens_seen=tokens_seen,
+              train_seconds=_total_seconds(prior_seconds, t_start))
     if preempt.stopped:
         ckpt.wait()
         ckpt.close()
         writer.close()
         logging.info("preempted: saved step %d; run again with the same workdir to resume", step)
         return {"preempted": True, "steps_run": step}
-    train_seconds = time.perf_counter() - t_start
+    this_process_seconds = time.perf_counter() - t_start
+    train_seconds = None if prior_seconds is None else prior_seconds + this_process_seconds
 
     if has_valid:
         final_params, selected = best_params, f"best validation {config.train.select_metric} at step {best['step']}"
@@ -243,7 +248,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         "num_params": int(sum(x.size for x in jax.tree.leaves(params))),
         "tokens_seen": tokens_seen,
         **meter.summary(tokens_seen),  # flops_seen, model_flops_per_s, mfu (None where the peak is unknown)
-        "train_seconds": train_seconds,
+        "train_seconds": train_seconds,  # all processes of the run (resumes included); None if not recorded
+        "train_seconds_this_process": this_process_seconds,
         "config": config.to_dict(),
     }
     if not has_valid:
@@ -255,6 +261,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         logging.info("test (%s): %s", selected, " ".join(f"{k}={v:.4f}" for k, v in test.items()))
     writer.close()
     return results
+
+
+def _total_seconds(prior: float | None, t_start: float) -> float | None:
+    """Train-loop wall time of the whole run so far; None when a resumed checkpoint did not record its share."""
+    return None if prior is None else prior + time.perf_counter() - t_start
 
 
 LOWER_IS_BETTER = ("ce",)
