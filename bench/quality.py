@@ -6,6 +6,10 @@ ML-1M runs under the reference protocol (train on all but the last event, test o
 the published table); Amazon Beauty/Sports under loo-val (last = test, second-to-last = validation: the
 S3Rec/TIGER protocol). Each run is an ordinary `lrm-train` run in <out>/<model>_<dataset>/; a finished run
 (results.json present) is not trained again, so the benchmark can be stopped and resumed.
+
+To end a run early with a result: SIGTERM it (it saves a checkpoint and exits), then run the same command
+with `--set train.num_epochs=E`, E at most the epochs done: the run resumes with no steps left and tests the
+checkpoint chosen on validation (`train` is not among the config sections a resume must keep unchanged).
 """
 from __future__ import annotations
 
