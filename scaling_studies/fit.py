@@ -59,6 +59,27 @@ def _x64():
     return ctx(True)
 
 
+def _minimise(f, theta0, max_iter, gtol):
+    """L-BFGS on f from theta0 until the gradient norm is at most gtol: (theta, value, grad norm, converged)."""
+    opt = optax.lbfgs()
+    vg = optax.value_and_grad_from_state(f)
+
+    def body(carry):
+        th, state, it, _ = carry
+        value, grad = vg(th, state=state)
+        updates, state = opt.update(grad, state, th, value=value, grad=grad, value_fn=f)
+        return optax.apply_updates(th, updates), state, it + 1, optax.tree.norm(grad)
+
+    def cond(carry):
+        _, _, it, gnorm = carry
+        return (it < max_iter) & (gnorm > gtol)
+
+    th, _, _, _ = jax.lax.while_loop(cond, body, (theta0, opt.init(theta0), 0, jnp.inf))
+    value, grad = jax.value_and_grad(f)(th)
+    gnorm = optax.tree.norm(grad)
+    return th, value, gnorm, gnorm <= gtol
+
+
 @jax.jit
 def _lbfgs_many(theta0_SxP, logx_NxM, logy_RxN, w_RxN, delta, max_iter, gtol):
     """Minimise every (resample r, start s) problem; returns thetas [R,S,P], objectives, grad norms, converged.
@@ -68,27 +89,23 @@ def _lbfgs_many(theta0_SxP, logx_NxM, logy_RxN, w_RxN, delta, max_iter, gtol):
     """
 
     def solve(theta0, logy_N, w_N):
-        f = lambda th: _objective(th, logx_NxM, logy_N, w_N, delta)  # noqa: E731
-        opt = optax.lbfgs()
-        vg = optax.value_and_grad_from_state(f)
-
-        def body(carry):
-            th, state, it, _ = carry
-            value, grad = vg(th, state=state)
-            updates, state = opt.update(grad, state, th, value=value, grad=grad, value_fn=f)
-            return optax.apply_updates(th, updates), state, it + 1, optax.tree.norm(grad)
-
-        def cond(carry):
-            _, _, it, gnorm = carry
-            return (it < max_iter) & (gnorm > gtol)
-
-        th, _, _, _ = jax.lax.while_loop(cond, body, (theta0, opt.init(theta0), 0, jnp.inf))
-        value, grad = jax.value_and_grad(f)(th)
-        gnorm = optax.tree.norm(grad)
-        return th, value, gnorm, gnorm <= gtol
+        return _minimise(lambda th: _objective(th, logx_NxM, logy_N, w_N, delta), theta0, max_iter, gtol)
 
     per_start = jax.vmap(solve, in_axes=(0, None, None))
     return jax.vmap(per_start, in_axes=(None, 0, 0))(theta0_SxP, logy_RxN, w_RxN)
+
+
+@jax.jit
+def _lbfgs_fixed_e(theta0_SxQ, logx_NxM, logy_N, e_K, delta, max_iter, gtol):
+    """As `_lbfgs_many` with log E held at each e_K[k] (theta without its last entry): results [K,S,...]."""
+
+    def solve(theta0, e):
+        f = lambda th: _objective(jnp.concatenate([th, e[None]]), logx_NxM, logy_N,  # noqa: E731
+                                  jnp.ones_like(logy_N), delta)
+        return _minimise(f, theta0, max_iter, gtol)
+
+    per_start = jax.vmap(solve, in_axes=(0, None))
+    return jax.vmap(per_start, in_axes=(None, 0))(theta0_SxQ, e_K)
 
 
 Noise = tuple[float, int]  # (σ, degrees of freedom) of an independent noise estimate, e.g. the seed repeats
@@ -238,6 +255,58 @@ def fit_chinchilla(N: np.ndarray, D: np.ndarray, loss: np.ndarray, *, resamples:
     logx = np.log(np.column_stack([np.asarray(N, float), np.asarray(D, float)]))
     return _fit_lse(logx, np.asarray(loss, float), [("A", "alpha"), ("B", "beta")], resamples=resamples, seed=seed,
                     noise=noise)
+
+
+CHI2_1_95 = 3.841  # 95th percentile of chi-square with one degree of freedom
+
+
+def profile_e(features: Sequence[np.ndarray], loss: np.ndarray, e_values: Sequence[float], *,
+              max_iter: int = 2000) -> dict:
+    """L = E + sum_i A_i/X_i^alpha_i refitted with E held at each of `e_values`: how sharply the runs pin E down.
+
+    A bootstrap interval is only as good as the law's form: when the form does not describe the runs, E can
+    sit far from the truth with a narrow interval. The profile shows it. For each E: the Huber objective, the
+    RMS log residual, the exponents and a likelihood-ratio statistic against the free fit. With δ far below the
+    residuals the Huber fit is a median (least-absolute-deviation) regression, whose LR statistic (Koenker and
+    Bassett 1982) is 4·(Σ|r|(E) − Σ|r|_free)/s, s = 1/f(0) the sparsity of the noise; s is taken as that of
+    Gaussian noise of the free fit's robust scale, √(2π)·σ̂ (heavier tails make s smaller, so this errs
+    towards keeping E). LR ~ χ²₁ if the form is right and the runs independent: LR > 3.84 says the runs reject
+    that E at 5% under this law.
+    """
+    logx_NxM = np.log(np.column_stack([np.asarray(f, float) for f in features]))
+    y_N = np.asarray(loss, float)
+    e = np.asarray(e_values, float)
+    if np.any(~np.isfinite(logx_NxM)) or np.any(~np.isfinite(y_N)) or np.any(y_N <= 0):
+        raise ValueError("profile_e: features and losses must be finite and > 0")
+    if e.size == 0 or np.any(~(e > 0)) or np.any(~np.isfinite(e)):
+        raise ValueError(f"profile_e: E values must be finite and > 0, got {e_values}")
+    n, m = logx_NxM.shape
+    gtol = 1e-8 * HUBER_DELTA * n
+    grid = _start_grid(logx_NxM, y_N)
+    fixed_starts = np.unique(grid[:, :2 * m], axis=0)
+    with _x64():
+        x = jnp.asarray(logx_NxM - logx_NxM.mean(axis=0), jnp.float64)
+        logy = jnp.asarray(np.log(y_N))
+        th, obj, _, ok = (np.asarray(a) for a in _lbfgs_many(
+            jnp.asarray(grid), x, logy[None], jnp.ones((1, n)), HUBER_DELTA, max_iter, gtol))
+        obj = np.where(np.isfinite(obj[0]), obj[0], np.inf)
+        best = int(obj.argmin())
+        resid_free = np.asarray(_log_pred(jnp.asarray(th[0, best]), x)) - np.log(y_N)
+        pth, pobj, _, pok = (np.asarray(a) for a in _lbfgs_fixed_e(
+            jnp.asarray(fixed_starts), x, logy, jnp.asarray(np.log(e)), HUBER_DELTA, max_iter, gtol))
+        rows = []
+        sparsity = np.sqrt(2 * np.pi) * robust_scale(resid_free, 2 * m + 1)[0]
+        for k in range(len(e)):
+            o = np.where(np.isfinite(pobj[k]), pobj[k], np.inf)
+            j = int(o.argmin())
+            theta = np.concatenate([pth[k, j], [np.log(e[k])]])
+            r = np.asarray(_log_pred(jnp.asarray(theta), x)) - np.log(y_N)
+            rows.append({"E": float(e[k]), "objective": float(o[j]), "rms_log_residual": float(np.sqrt(np.mean(r ** 2))),
+                         "exponents": [float(a) for a in pth[k, j, m:2 * m]],
+                         "lr": float(4 * (o[j] - obj[best]) / HUBER_DELTA / sparsity), "converged": bool(pok[k, j])})
+    return {"E_free": float(np.exp(th[0, best, 2 * m])), "objective_free": float(obj[best]),
+            "rms_log_residual_free": float(np.sqrt(np.mean(resid_free ** 2))), "converged_free": bool(ok[0, best]),
+            "lr_threshold_95": CHI2_1_95, "rows": rows}
 
 
 def compute_frontier(C: np.ndarray, loss: np.ndarray, budget: np.ndarray | None = None) -> np.ndarray:

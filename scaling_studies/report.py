@@ -239,6 +239,48 @@ def _prediction_lines(study: Study, prediction: dict | None) -> list[str]:
     return lines + [""]
 
 
+E_PROFILE_FRACTIONS = (0.5, 0.7, 0.8, 0.9, 0.95)  # of the smallest fitted loss
+
+
+def e_profile(study: Study, fits: dict, *, true_entropy: float | None = None) -> dict:
+    """L(N, D) refitted with E held at the fitted E, the true entropy (if known) and fractions of the smallest
+    loss, on the same configurations as the fit (fitlib.profile_e)."""
+    runs = [r for r in study.runs if not any(same_budget(r.budget, b) for b in fits["held_out_budgets"])]
+    cfg = configurations(runs, params=fits["params"])
+    values = {float(fits["chinchilla"]["params"]["E"])} | {float(f * cfg["loss"].min()) for f in E_PROFILE_FRACTIONS}
+    if true_entropy is not None:
+        values.add(float(true_entropy))
+    return fitlib.profile_e([cfg["N"], cfg["D"]], cfg["loss"], sorted(values))
+
+
+def _profile_lines(fits: dict) -> list[str]:
+    prof = fits.get("chinchilla_e_profile")
+    if prof is None:
+        return []
+    truth = fits.get("true_entropy")
+    floor = fits.get("noise_floor")
+    lines = ["## How well the runs pin E down (L(N, D) profile)", "",
+             "L(N, D) refitted with E held at each value (scaling_studies/fit.py `profile_e`). LR: the median-"
+             "regression likelihood ratio against the free fit (conservative; ~χ²₁ if the law's form is right): "
+             f"above {prof['lr_threshold_95']:.2f} the runs reject that E at 5% under this law.", "",
+             "| E | objective | RMS log residual | alpha | beta | LR | rejected at 5%? |", "|---|---|---|---|---|---|---|"]
+    for row in prof["rows"]:
+        tag = " (true entropy)" if truth is not None and abs(row["E"] - truth) < 1e-9 else ""
+        if abs(row["E"] - fits["chinchilla"]["params"]["E"]) < 1e-9:
+            tag += " (fitted)"
+        al, be = row["exponents"]
+        lines.append(f"| {row['E']:.4g}{tag} | {row['objective']:.4g} | {row['rms_log_residual']:.4f} | {al:.3f} | "
+                     f"{be:.3f} | {row['lr']:.2f} | {'yes' if row['lr'] > prof['lr_threshold_95'] else 'no'} |")
+    rms = prof["rms_log_residual_free"]
+    lines += ["", f"RMS log residual of the free fit: {rms:.4f}"]
+    if floor is not None:
+        lines[-1] += (f"; the seed noise floor is {floor['sigma_log']:.4f} in log CE, so the law's misfit is "
+                      f"{rms / floor['sigma_log']:.1f}x the noise (≈ 1 when the form describes the runs).")
+    else:
+        lines[-1] += "."
+    return lines + [""]
+
+
 def _truth_lines(fits: dict, true_entropy: float | None) -> list[str]:
     if true_entropy is None:
         return []
@@ -277,6 +319,7 @@ def write_report(study: Study, fits: dict, prediction: dict | None, figures: lis
         lines += [f"| {k} | {_fmt_interval(iso, k)} |" for k in iso["params"]]
         lines += ["", f"p_N + p_D = {iso['p_N_plus_p_D']:.3f} (≈ 1 when C ∝ N·D).", ""]
     lines += _truth_lines(fits, true_entropy)
+    lines += _profile_lines(fits)
     lines += _prediction_lines(study, prediction)
     lines += ["## Figures", ""] + [f"![{f.stem}](figures/{f.name})" for f in figures] + [""]
     path.write_text("\n".join(lines))
@@ -300,6 +343,8 @@ def make_report(study_dir: str | Path, *, true_entropy: float | None = None, par
         true_entropy = fits["true_entropy_detail"]["ce"]
     if true_entropy is not None:
         fits["true_entropy"] = true_entropy
+    if "params" in fits["chinchilla"]:
+        fits["chinchilla_e_profile"] = e_profile(study, fits, true_entropy=true_entropy)
     (study_dir / "fits.json").write_text(json.dumps(fits, indent=2, default=_json_default))
     figdir = study_dir / "figures"
     figures = [plot.loss_vs_compute(study.runs, objs["frontier"], objs["compute_law"], figdir / "loss_vs_compute.png",

@@ -94,6 +94,13 @@ def test_preregister_then_report_figures_constants_and_held_out_check(study):
     inside = "yes" if pred["lower"] <= obs <= pred["upper"] else "no"
     assert f"| {obs:.4f} | " in md and f"| 5 | {err:.2f}% | {inside} |" in md
     assert "1 failed" in md and "std of CE" in md
+    # The E profile: the law generated these runs, so its misfit is about the noise and the true E is kept.
+    prof = fits["chinchilla_e_profile"]
+    true_row = next(r for r in prof["rows"] if r["E"] == TRUE["E"])
+    assert true_row["lr"] <= prof["lr_threshold_95"], true_row
+    line = next(x for x in md.splitlines() if x.startswith(f"| {TRUE['E']:.4g} (true entropy) | "))
+    assert line.endswith(f"| {true_row['lr']:.2f} | no |"), line
+    assert 0.5 < prof["rms_log_residual_free"] / fits["noise_floor"]["sigma_log"] < 2.0, prof
     assert json.loads(pred_path.read_text()) == json.loads(frozen)  # the report never touches the prediction
 
 
