@@ -242,12 +242,10 @@ def _prediction_lines(study: Study, prediction: dict | None) -> list[str]:
 E_PROFILE_FRACTIONS = (0.5, 0.7, 0.8, 0.9, 0.95)  # of the smallest fitted loss
 
 
-def e_profile(study: Study, fits: dict, *, true_entropy: float | None = None) -> dict:
+def e_profile(cfg: dict, fitted_e: float, *, true_entropy: float | None = None) -> dict:
     """L(N, D) refitted with E held at the fitted E, the true entropy (if known) and fractions of the smallest
-    loss, on the same configurations as the fit (fitlib.profile_e)."""
-    runs = [r for r in study.runs if not any(same_budget(r.budget, b) for b in fits["held_out_budgets"])]
-    cfg = configurations(runs, params=fits["params"])
-    values = {float(fits["chinchilla"]["params"]["E"])} | {float(f * cfg["loss"].min()) for f in E_PROFILE_FRACTIONS}
+    loss, on the configurations the fit used (`fit_study`'s objs["configs"]; fitlib.profile_e)."""
+    values = {float(fitted_e)} | {float(f * cfg["loss"].min()) for f in E_PROFILE_FRACTIONS}
     if true_entropy is not None:
         values.add(float(true_entropy))
     return fitlib.profile_e([cfg["N"], cfg["D"]], cfg["loss"], sorted(values))
@@ -344,7 +342,8 @@ def make_report(study_dir: str | Path, *, true_entropy: float | None = None, par
     if true_entropy is not None:
         fits["true_entropy"] = true_entropy
     if "params" in fits["chinchilla"]:
-        fits["chinchilla_e_profile"] = e_profile(study, fits, true_entropy=true_entropy)
+        fits["chinchilla_e_profile"] = e_profile(objs["configs"], fits["chinchilla"]["params"]["E"],
+                                                 true_entropy=true_entropy)
     (study_dir / "fits.json").write_text(json.dumps(fits, indent=2, default=_json_default))
     figdir = study_dir / "figures"
     figures = [plot.loss_vs_compute(study.runs, objs["frontier"], objs["compute_law"], figdir / "loss_vs_compute.png",
