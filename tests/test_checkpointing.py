@@ -215,10 +215,16 @@ def test_checkpoint_from_8_devices_restores_on_1_device_and_on_a_2x2x2_mesh(tmp_
 def test_truncate_metrics_drops_rows_the_resumed_run_writes_again(tmp_path):
     path = tmp_path / "metrics.jsonl"
     rows = [{"step": 4, "split": "train"}, {"step": 6, "split": "valid"}, {"step": 8, "split": "train"},
-            {"step": 6, "split": "test"}]
+            {"step": 6, "split": "test", "final": True}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     truncate_metrics(path, 6)
     assert [json.loads(x) for x in path.read_text().splitlines()] == rows[:2]
+    # Protocol 'reference': the periodic evaluations are test rows; those up to the resume step stay.
+    rows = [{"step": 4, "split": "train"}, {"step": 4, "split": "test"}, {"step": 6, "split": "test"},
+            {"step": 8, "split": "train"}, {"step": 8, "split": "test"}, {"step": 8, "split": "test", "final": True}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    truncate_metrics(path, 6)
+    assert [json.loads(x) for x in path.read_text().splitlines()] == rows[:3]
     path.write_text('{"step": 1}\nnot json\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
         truncate_metrics(path, 6)
@@ -232,3 +238,25 @@ def test_changed_model_config_refuses_to_resume(reference_run, tmp_path):
     shutil.copytree(reference_run / "reference" / "checkpoints", tmp_path / "run" / "checkpoints")
     with pytest.raises(ValueError, match=r"different config sections \['model'\]"):
         train_mod.train_and_evaluate(config, tmp_path / "run")
+
+
+def test_reference_protocol_resume_keeps_the_test_evaluations_already_logged(tmp_path):
+    """Protocol 'reference' evaluates on test during training: continuing a finished 12-step run to 18 steps logs
+    exactly the rows of an uninterrupted 18-step run (constant LR), the earlier test evaluations included."""
+    _synthetic_store(tmp_path / "stores", protocol="reference")
+
+    def config(num_steps):
+        c = _tiny_config(tmp_path / "stores", num_steps=num_steps)
+        c.data.protocol = "reference"
+        return c
+
+    train_mod.train_and_evaluate(config(12), tmp_path / "resumed")
+    train_mod.train_and_evaluate(config(18), tmp_path / "resumed")
+    straight = train_mod.train_and_evaluate(config(18), tmp_path / "straight")
+    timing = ("time", "examples_per_s", "tokens_per_s", "model_flops_per_s")
+    rows = lambda w: [{k: v for k, v in json.loads(r).items() if k not in timing}  # noqa: E731
+                      for r in (w / "metrics.jsonl").read_text().splitlines()]
+    assert rows(tmp_path / "resumed") == rows(tmp_path / "straight")
+    tests = [(r["step"], r.get("final", False)) for r in rows(tmp_path / "straight") if r["split"] == "test"]
+    assert tests == [(6, False), (12, False), (18, False), (18, True)]
+    assert straight["protocol"] == "reference" and straight["valid"] is None

@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LRM_TEST_DATA_DIR", REPO.parent / "shared" / "datasets"))
 
 
-def _synthetic_store(root: Path, name: str = "synthetic-test", users: int = 96, items: int = 40) -> None:
+def _synthetic_store(root: Path, name: str = "synthetic-test", users: int = 96, items: int = 40,
+                     protocol: str = "loo-val") -> None:
     """Users walk a ring of items (i -> i+1 mostly): learnable, so a few steps lower the loss."""
     rng = np.random.default_rng(0)
     item_lists, time_lists = [], []
@@ -31,7 +32,7 @@ def _synthetic_store(root: Path, name: str = "synthetic-test", users: int = 96, 
         time_lists.append(np.cumsum(rng.integers(1, 86400 * 3, size=n)).astype(np.int64))
     seqs = from_user_lists(name, list(range(1, users + 1)), item_lists, time_lists, None, num_items=items,
                            item_raw_ids=None, source_files={})
-    write_store(seqs, root / f"{name}-loo-val", protocol="loo-val")
+    write_store(seqs, root / f"{name}-{protocol}", protocol=protocol)
 
 
 def _tiny_config(store_root: Path, **train):

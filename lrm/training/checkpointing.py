@@ -265,7 +265,11 @@ def load_params(workdir: str | Path, params_like: Any) -> tuple[Any, dict]:
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drops metrics.jsonl rows the resumed run writes again: steps after `step`, and the final test row."""
+    """Drops metrics.jsonl rows the resumed run writes again: steps after `step`, and the final test row.
+
+    The final row is the one marked `"final": true`; the periodic test evaluations of a protocol without a
+    validation split (`reference`) are kept.
+    """
     if not path.exists():
         return
     kept = []
@@ -274,7 +278,7 @@ def truncate_metrics(path: Path, step: int) -> None:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{n}: not a JSON line ({e})") from e
-        if row.get("step", 0) <= step and row.get("split") != "test":
+        if row.get("step", 0) <= step and not row.get("final", False):
             kept.append(line)
     path.write_text("".join(x + "\n" for x in kept))
 

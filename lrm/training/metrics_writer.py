@@ -23,10 +23,13 @@ class MetricsWriter:
 
             self._tb = SummaryWriter(str(workdir / "tensorboard"))
 
-    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+    def write(self, step: int, split: str, metrics: dict[str, float], *, final: bool = False) -> None:
+        """One row; `final` marks the end-of-run test row, which a resumed run writes again."""
         if not self.enabled:
             return
         row = {"step": int(step), "split": split, "time": time.time(), **{k: float(v) for k, v in metrics.items()}}
+        if final:
+            row["final"] = True
         self._jsonl.write(json.dumps(row) + "\n")
         if self._tb is not None:
             for k, v in metrics.items():

@@ -230,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         final_params, selected = params, f"final step {step} (protocol 'reference' has no validation split)"
         best = {"metric": None, "step": step, "metrics": None}
     test = sharded.evaluate(eval_step, final_params, store, "test", **eval_kw)
-    writer.write(best["step"], "test", test)
+    writer.write(best["step"], "test", test, final=True)
     baseline = {s: ev.evaluate_popularity(store, s, **eval_kw) for s in (["valid"] if has_valid else []) + ["test"]}
     results = {
         "dataset": store.dataset,
