@@ -85,7 +85,8 @@ class ChecksumError(ValueError):
     """Downloaded or extracted bytes do not match the recorded sha256."""
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
@@ -156,7 +157,7 @@ def _fetch(f: RawFile, root: Path) -> None:
             Path(tmp_name).unlink(missing_ok=True)
         if not target.is_file():
             raise FileNotFoundError(f"{f.url} has no member {f.member}")
-    if f.member_sha256 is not None and _sha256_file(target) != f.member_sha256:
+    if f.member_sha256 is not None and sha256_file(target) != f.member_sha256:
         target.unlink()
         raise ChecksumError(f"{target}: sha256 differs from the published {f.member_sha256}; removed")
 

@@ -66,6 +66,22 @@ def _load_books(root: Path, download: bool) -> Sequences:
     return seqs
 
 
+def present_source_files(name: str, data_root: str | Path) -> list[Path]:
+    """The raw files `load_dataset(name, data_root, download=False)` would read now, of those present.
+
+    Lets a cached store be compared with the data root it was built from (see `lrm.training.data`).
+    """
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    root = Path(data_root)
+    if name == "ml-1m":
+        ratings = root / "ml-1m" / "ratings.dat"
+        candidates = [ratings if ratings.is_file() else root / "ml-1m" / "sequences.txt"]
+    else:
+        candidates = [root / f.target for f in dl.FILES[name]]
+    return [p for p in candidates if p.is_file()]
+
+
 def load_dataset(name: str, data_root: str | Path, *, download: bool = True) -> Sequences:
     """Reads dataset `name` from `data_root`, downloading missing raw files first when `download` is true."""
     if name not in DATASETS:
@@ -83,4 +99,4 @@ def load_dataset(name: str, data_root: str | Path, *, download: bool = True) -> 
     return read_ml100k(root / "ml-100k" / "u.data")
 
 
-__all__ = ["DATASETS", "DataFormatError", "Sequences", "load_dataset"]
+__all__ = ["DATASETS", "DataFormatError", "Sequences", "load_dataset", "present_source_files"]
