@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 
 import grain
 import numpy as np
@@ -169,7 +170,7 @@ class _TrainSpec:
         return batch
 
     def fingerprint(self) -> dict:
-        return {"protocol": self.protocol, "seed": self.seed, "max_len": self.max_len,
+        return {"store": self.store.identity(), "protocol": self.protocol, "seed": self.seed, "max_len": self.max_len,
                 "batch_size": self.batch_size, "pack": self.pack,
                 "process_index": self.process_index, "process_count": self.process_count}
 
@@ -218,6 +219,10 @@ class _TrainIterator(grain.DatasetIterator):
 
     def set_state(self, state: dict) -> None:
         mine = self._spec.fingerprint()
+        if "store" not in state:  # saved before stores were fingerprinted: nothing to compare it with
+            logging.warning("iterator state has no store identity (older checkpoint); not checked against %s",
+                            self._spec.store.path)
+            mine.pop("store")
         diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
         if diff:
             raise ValueError(f"iterator state was saved by a different pipeline; (saved, this) differ: {diff}")

@@ -12,6 +12,7 @@ Layout of a store directory:
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -214,6 +215,15 @@ class SequenceStore:
     @property
     def protocol(self) -> str:
         return self.metadata["split"]["protocol"]
+
+    def identity(self) -> dict:
+        """What makes two stores the same data: dataset, counts and the sha256 of the raw files read.
+
+        Saved with a pipeline's iterator state, so a run does not resume onto a store rebuilt from other data.
+        """
+        sources = json.dumps(self.metadata.get("source_files", {}), sort_keys=True).encode()
+        return {"dataset": self.dataset, "users": self.num_users, "events": self.num_events,
+                "max_item_id": self.num_items, "sources_sha256": hashlib.sha256(sources).hexdigest()}
 
     def _check_user(self, u: int) -> int:
         if not 0 <= u < self.num_users:

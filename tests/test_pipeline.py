@@ -14,13 +14,13 @@ INT32_KEYS = {"item_ids_BxL", "timestamps_BxL", "target_ids_BxL", "target_timest
               "positions_BxL"}
 
 
-def _make_store(path, lengths, protocol="loo-val", time_offset=1_000_000):
+def _make_store(path, lengths, protocol="loo-val", time_offset=1_000_000, source_files=None):
     """Event e (global, 0-based) has item id e+1 and time time_offset + 10*e: ids name events uniquely."""
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     items = [np.arange(offsets[u], offsets[u + 1]) + 1 for u in range(len(lengths))]
     times = [time_offset + 10 * (it - 1) for it in items]
     seqs = from_user_lists("toy", list(range(len(lengths))), items, times, None, num_items=int(offsets[-1]),
-                           item_raw_ids=None, source_files={})
+                           item_raw_ids=None, source_files=source_files or {})
     write_store(seqs, path, protocol=protocol)
     return SequenceStore.open(path)
 
@@ -171,6 +171,26 @@ def test_restore_into_other_pipeline_refused(store):
     next(it)
     with pytest.raises(ValueError, match="seed"):
         iter(_train(store, seed=1)).set_state(it.get_state())
+
+
+def test_restore_onto_store_of_other_data_refused(store, tmp_path, caplog):
+    it = iter(_train(store))
+    next(it)
+    state = it.get_state()
+    # Same users, lengths and counts, but built from another raw file: a resume there would read other data.
+    other = _make_store(tmp_path / "other", store.lengths, source_files={"ml-1m/ratings.dat": "cd" * 32})
+    with pytest.raises(ValueError, match="different pipeline.*store.*sources_sha256"):
+        iter(_train(other)).set_state(state)
+    fewer = _make_store(tmp_path / "fewer", store.lengths[:-1])
+    with pytest.raises(ValueError, match="events"):
+        iter(_train(fewer)).set_state(state)
+    # A state saved before stores were fingerprinted is still accepted, with a warning.
+    old = {k: v for k, v in state.items() if k != "store"}
+    it2 = iter(_train(store))
+    with caplog.at_level("WARNING"):
+        it2.set_state(old)
+    assert "no store identity" in caplog.text
+    _same([next(it2)], [next(it)])
 
 
 def test_default_processes_come_from_jax(store):
