@@ -1,0 +1,120 @@
+"""Paired bootstrap of two runs' per-user ranks: the per-user metrics, the interval's coverage, and
+`bench.compare` end to end on two tiny runs."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from bench import compare
+from lrm.metrics import METRIC_KS, NDCG_KS, paired_bootstrap, per_user_metric, summarize
+from lrm.training import train as train_mod
+from test_train import _synthetic_store, _tiny_config
+
+
+def test_per_user_metrics_average_to_the_accumulator():
+    rank_U = np.random.default_rng(0).integers(1, 3000, size=500)
+    rank_U[:40] = np.arange(1, 41)
+    want = summarize(rank_U, None, max_rank=2500)
+    for name in [f"hr@{k}" for k in METRIC_KS] + [f"ndcg@{k}" for k in NDCG_KS] + ["mrr"]:
+        assert per_user_metric(rank_U, name, max_rank=2500).mean() == pytest.approx(want[name], rel=1e-12), name
+    assert per_user_metric(np.array([1, 2, 3]), "ndcg@5").tolist() == pytest.approx([1.0, 1 / np.log2(3), 0.5])
+    with pytest.raises(ValueError, match="unknown metric 'hr@7'"):
+        per_user_metric(rank_U, "hr@7")
+    with pytest.raises(ValueError, match="ranks >= 1"):
+        per_user_metric(np.array([1, 0]), "hr@10")
+
+
+def test_identical_runs_differ_by_exactly_zero():
+    rank_U = np.random.default_rng(1).integers(1, 100, size=300)
+    r = paired_bootstrap(rank_U, rank_U.copy(), ("hr@10", "ndcg@10"))
+    for m in r.values():
+        assert m["diff"] == m["lo"] == m["hi"] == 0.0 and m["a"] == m["b"]
+
+
+def _paired_population(rng, n):
+    """A is B with 30% of users moved to a 4x better rank: HR@10 rises by 0.3 * P(10 < rank_B <= 40)."""
+    rank_b = rng.geometric(0.02, size=n)
+    better = rng.random(n) < 0.3
+    rank_a = np.where(better, np.maximum(rank_b // 4, 1), rank_b)
+    return rank_a, rank_b
+
+
+def test_interval_covers_the_true_difference_about_95_percent_of_the_time():
+    p = 0.02  # P(10 < rank <= 40) for a geometric(p) rank
+    truth = 0.3 * ((1 - p) ** 10 - (1 - p) ** 40)
+    rng = np.random.default_rng(2)
+    covered, widths = 0, []
+    reps = 200
+    for rep in range(reps):
+        rank_a, rank_b = _paired_population(rng, 400)
+        m = paired_bootstrap(rank_a, rank_b, ("hr@10",), num_resamples=1000, seed=rep)["hr@10"]
+        covered += m["lo"] <= truth <= m["hi"]
+        widths.append(m["hi"] - m["lo"])
+    # Binomial(200, 0.95) lies in [181, 199] with probability > 0.999; a percentile interval of a mean of
+    # 400 bounded values is close to nominal.
+    assert 181 <= covered <= 199, covered
+    # Pairing: the interval is narrower than the unpaired one (full width, from the two per-model errors).
+    rank_a, rank_b = _paired_population(np.random.default_rng(3), 400)
+    unpaired = 2 * 1.96 * np.sqrt(sum(np.var(per_user_metric(r, "hr@10")) / 400 for r in (rank_a, rank_b)))
+    assert np.mean(widths) < unpaired
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="same users"):
+        paired_bootstrap(np.ones(3, int), np.ones(4, int), ("hr@10",))
+    with pytest.raises(ValueError, match="at least 1000"):
+        paired_bootstrap(np.ones(3, int), np.ones(3, int), ("hr@10",), num_resamples=100)
+    with pytest.raises(ValueError, match="level"):
+        paired_bootstrap(np.ones(3, int), np.ones(3, int), ("hr@10",), level=95)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    _synthetic_store(root / "stores")
+    for seed in (0, 1):
+        config = _tiny_config(root / "stores", num_steps=6)
+        config.seed = seed
+        train_mod.train_and_evaluate(config, root / f"run{seed}")
+    return root
+
+
+def test_compare_two_runs_end_to_end(two_runs, capsys):
+    a, b = two_runs / "run0", two_runs / "run1"
+    out = two_runs / "cmp.json"
+    compare.main([str(a), str(b), "--metrics", "hr@10,ndcg@10", "--json", str(out)])
+    table = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    res_a, res_b = (json.loads((w / "results.json").read_text())["test"] for w in (a, b))
+    assert result["num_users"] == res_a["num_users"] == res_b["num_users"]
+    for name in ("hr@10", "ndcg@10"):
+        m = result["metrics"][name]
+        assert m["a"] == pytest.approx(res_a[name], abs=1e-12) and m["b"] == pytest.approx(res_b[name], abs=1e-12)
+        assert m["diff"] == pytest.approx(res_a[name] - res_b[name], abs=1e-12)
+        assert m["lo"] <= m["diff"] <= m["hi"]
+        assert f"| {name.upper()} | {m['a']:.4f} | {m['b']:.4f} |" in table
+    same = compare.compare(a, a, metrics=("hr@10",))["metrics"]["hr@10"]
+    assert same["diff"] == same["lo"] == same["hi"] == 0.0
+
+
+def test_compare_refuses_runs_it_cannot_pair(two_runs, tmp_path):
+    # A run whose results.json does not match its parameters.
+    tampered = tmp_path / "tampered"
+    shutil.copytree(two_runs / "run0", tampered)
+    res = json.loads((tampered / "results.json").read_text())
+    res["test"]["hr@10"] += 0.01
+    (tampered / "results.json").write_text(json.dumps(res))
+    with pytest.raises(ValueError, match="differs from results.json"):
+        compare.compare(tampered, two_runs / "run1")
+    # A run on a store of other data.
+    other_root = tmp_path / "other"
+    _synthetic_store(other_root / "stores", users=80)
+    config = _tiny_config(other_root / "stores", num_steps=2)
+    train_mod.train_and_evaluate(config, other_root / "run")
+    with pytest.raises(ValueError, match="different data"):
+        compare.compare(two_runs / "run0", other_root / "run")
+    with pytest.raises(FileNotFoundError, match="finished training workdir"):
+        compare.compare(tmp_path / "nothing", two_runs / "run1")
