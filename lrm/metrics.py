@@ -228,14 +228,9 @@ class RankingAccumulator:
                                  "pass ce_B=None for a scorer without probabilities")
             self._sums["ce"] += float(np.sum(np.where(real_B, ce_B, 0.0)))
 
-        rank_f = np.where(real_B, rank_B, 1).astype(np.float64)
-        for k in METRIC_KS:
-            self._sums[f"hr@{k}"] += float(np.sum(real_B & (rank_B <= min(k, self.max_rank))))
-        for k in NDCG_KS:
-            hit_B = real_B & (rank_B <= min(k, self.max_rank))
-            self._sums[f"ndcg@{k}"] += float(np.sum(np.where(hit_B, 1.0 / np.log2(rank_f + 1.0), 0.0)))
-        hit_B = real_B & (rank_B <= self.max_rank)
-        self._sums["mrr"] += float(np.sum(np.where(hit_B, 1.0 / rank_f, 0.0)))
+        miss_B = np.where(real_B, rank_B, self.max_rank + 1)  # weight-0 rows score 0 on every metric
+        for name in self._KEYS[:-2]:
+            self._sums[name] += float(np.sum(per_user_metric(miss_B, name, max_rank=self.max_rank)))
         self._sums["num_users"] += float(np.sum(real_B))
 
     def merge(self, other: "RankingAccumulator") -> None:

@@ -32,10 +32,16 @@ _REFERENCE_BOOKS_ITEMS = 695_762
 _S3REC_FILES = {"beauty": "Beauty.txt", "sports": "Sports_and_Outdoors.txt"}
 
 
+def _ml1m_fallback(root: Path) -> Path | None:
+    """`ml-1m/sequences.txt` when it is there and `ratings.dat` is not: then ML-1M is read from it."""
+    fallback = root / "ml-1m" / "sequences.txt"
+    return fallback if fallback.is_file() and not (root / "ml-1m" / "ratings.dat").is_file() else None
+
+
 def _load_ml1m(root: Path, download: bool) -> Sequences:
     ratings = root / "ml-1m" / "ratings.dat"
-    fallback = root / "ml-1m" / "sequences.txt"
-    if not ratings.is_file() and fallback.is_file():
+    fallback = _ml1m_fallback(root)
+    if fallback is not None:
         f = dl.FILES["ml-1m"][0]
         log.warning(
             "\n%s\nML-1M: %s is missing, so ML-1M is read from %s, which has NO TIMESTAMPS.\n"
@@ -74,11 +80,8 @@ def present_source_files(name: str, data_root: str | Path) -> list[Path]:
     if name not in DATASETS:
         raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     root = Path(data_root)
-    if name == "ml-1m":
-        ratings = root / "ml-1m" / "ratings.dat"
-        candidates = [ratings if ratings.is_file() else root / "ml-1m" / "sequences.txt"]
-    else:
-        candidates = [root / f.target for f in dl.FILES[name]]
+    fallback = _ml1m_fallback(root) if name == "ml-1m" else None
+    candidates = [fallback] if fallback is not None else [root / f.target for f in dl.FILES[name]]
     return [p for p in candidates if p.is_file()]
 
 

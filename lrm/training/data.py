@@ -11,8 +11,12 @@ from data_pipeline.download import sha256_file
 from data_pipeline.store import SequenceStore, write_store
 
 
+def _data_root_setting(data_cfg) -> str:
+    return data_cfg.data_root or os.environ.get("LRM_DATA_DIR", "")
+
+
 def resolve_data_root(data_cfg) -> Path:
-    root = data_cfg.data_root or os.environ.get("LRM_DATA_DIR", "")
+    root = _data_root_setting(data_cfg)
     if not root:
         raise ValueError(
             "no data root: set --config.data.data_root=DIR or the LRM_DATA_DIR environment variable "
@@ -61,14 +65,15 @@ def open_or_build_store(data_cfg) -> SequenceStore:
     An existing store is checked against the raw files under the data root (when one is set and holds them).
     """
     path = store_path(data_cfg)
-    if not (path / "metadata.json").exists():
+    existed = (path / "metadata.json").exists()
+    if not existed:
         root = resolve_data_root(data_cfg)
         logging.info("building sequence store %s from %s", path, root)
         seqs = load_dataset(data_cfg.dataset, root, download=data_cfg.download)
         write_store(seqs, path, protocol=data_cfg.protocol)
     store = SequenceStore.open(path)
-    root_setting = data_cfg.data_root or os.environ.get("LRM_DATA_DIR", "")
-    if root_setting and store.dataset in DATASETS:
+    root_setting = _data_root_setting(data_cfg)
+    if existed and root_setting and store.dataset in DATASETS:  # a fresh build was just read from these files
         check_store_sources(store, path, Path(root_setting).expanduser())
     if store.protocol != data_cfg.protocol:
         raise ValueError(f"store {path} was written for protocol {store.protocol!r}, "
