@@ -3,8 +3,9 @@
 The process (all parameters drawn once from `seed`):
 - items are split into `num_topics` disjoint topics (item j belongs to topic (j - 1) mod T), and within a topic
   an item is drawn from a Zipf law over a random permutation of the topic's items;
-- each user has a hidden persona k (uniform over `num_personas`); persona k moves between topics with its own
-  sparse Markov matrix M_k (stay with prob `stay_prob`, else jump to one of `fanout` topics of its own);
+- each user has a hidden persona k, uniform over `num_personas`, or with `persona_zipf` = s > 0 drawn with
+  P(k) ∝ (k + 1)^−s; persona k moves between topics with its own sparse Markov matrix M_k (stay with prob
+  `stay_prob`, else jump to one of `fanout` topics of its own);
 - the first topic is drawn from M_k's stationary law, so the process is stationary and a window of the last
   `max_len` events is as informative as the process allows for that window.
 Because an item reveals its topic, the Bayes predictive is exact and cheap:
@@ -12,6 +13,12 @@ Because an item reveals its topic, the Bayes predictive is exact and cheap:
 so `true_cross_entropy` gives the irreducible full-catalogue CE of the validation (or test) targets — the E a
 scaling fit must not go below. Users are generated independently from (seed, user index): deterministic,
 streamable in any order and chunk size, never held whole unless asked.
+
+Why Zipf personas: with a few equally likely personas the structure to learn is finite and small, so a model's
+loss falls onto the floor faster than any power law once it has learned them all (the hstu_synthetic study:
+its L(C) refitted up to 1e13 FLOPs predicts below the Bayes floor at 1e14). Many personas of power-law frequency
+give a long tail of rarer and rarer structure to learn (each persona's transitions), the mechanism usually
+offered for power-law scaling, while the Bayes predictive stays exact.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ class SyntheticConfig:
     fanout: int = 4  # topics a persona can jump to from each topic
     stay_prob: float = 0.5
     zipf_exponent: float = 1.0
+    persona_zipf: float = 0.0  # 0: personas uniform; s > 0: P(persona k) ∝ (k + 1)^-s
     mean_len: float = 20.0  # lognormal event count: exp(N(log mean_len, len_sigma)), clipped to [min_len, max_len]
     len_sigma: float = 0.5
     min_len: int = 5
@@ -48,6 +56,8 @@ class SyntheticConfig:
             raise ValueError(f"synthetic config: num_items={self.num_items} < num_topics={self.num_topics}")
         if self.fanout > self.num_topics:
             raise ValueError(f"synthetic config: fanout={self.fanout} > num_topics={self.num_topics}")
+        if not (np.isfinite(self.persona_zipf) and self.persona_zipf >= 0.0):
+            raise ValueError(f"synthetic config: persona_zipf must be finite and >= 0, got {self.persona_zipf}")
         if not 0.0 <= self.stay_prob < 1.0:
             raise ValueError(f"synthetic config: stay_prob must be in [0, 1), got {self.stay_prob}")
         if self.min_len > self.max_len or self.min_len < 3:
@@ -66,6 +76,8 @@ class Process:
     cum_probs_by_topic: list[np.ndarray]
     trans_PxTxT: np.ndarray  # M_k[z, z']
     stationary_PxT: np.ndarray
+    persona_prior_P: np.ndarray  # P(k)
+    log_trans_PxTxT: np.ndarray  # log M_k (log 0 floored at -690)
 
 
 def build_process(cfg: SyntheticConfig) -> Process:
@@ -90,8 +102,10 @@ def build_process(cfg: SyntheticConfig) -> Process:
             if T > 1:
                 trans[k, z, others] += (1.0 - cfg.stay_prob) * rng.dirichlet(np.ones(len(others)))
     stationary = np.stack([_stationary(trans[k]) for k in range(P)])
+    prior = np.arange(1, P + 1, dtype=np.float64) ** -cfg.persona_zipf
     return Process(topic_of_item, item_logq, items_by_topic, probs_by_topic,
-                   [np.cumsum(p) for p in probs_by_topic], trans, stationary)
+                   [np.cumsum(p) for p in probs_by_topic], trans, stationary, prior / prior.sum(),
+                   np.log(np.maximum(trans, 1e-300)))
 
 
 def _stationary(m_TxT: np.ndarray) -> np.ndarray:
@@ -109,7 +123,10 @@ def generate_user(cfg: SyntheticConfig, proc: Process, user: int) -> np.ndarray:
     """Item ids of user `user` (a pure function of cfg.seed and the index)."""
     rng = np.random.default_rng([cfg.seed, 1, user])
     n = int(np.clip(round(np.exp(rng.normal(np.log(cfg.mean_len), cfg.len_sigma))), cfg.min_len, cfg.max_len))
-    k = int(rng.integers(cfg.num_personas))
+    if cfg.persona_zipf == 0.0:
+        k = int(rng.integers(cfg.num_personas))  # the uniform draw of configs made before persona_zipf existed
+    else:
+        k = _draw(np.cumsum(proc.persona_prior_P), rng.random())
     u_Nx2 = rng.random((n + 1, 2))
     cum_trans = np.cumsum(proc.trans_PxTxT[k], axis=1)
     z = _draw(np.cumsum(proc.stationary_PxT[k]), u_Nx2[n, 0])
@@ -168,6 +185,8 @@ def write_synthetic_store(cfg: SyntheticConfig, store_root: str | Path, *, proto
     if (out / "metadata.json").exists():
         have_file = out / "synthetic_config.json"
         have = json.loads(have_file.read_text()) if have_file.exists() else None
+        if have is not None:
+            have = {"persona_zipf": 0.0, **have}  # stores written before the field existed: uniform personas
         if have != want:
             raise ValueError(f"{out} holds synthetic data from generator config {have}, not {want}: "
                              "remove it or give the config another name")
@@ -182,15 +201,12 @@ def log_predictive(proc: Process, items: np.ndarray) -> np.ndarray:
     topics = proc.topic_of_item[items]
     if np.any(topics < 0):
         raise ValueError("log_predictive: item id 0 (padding) in a history")
-    log_trans = np.log(np.maximum(proc.trans_PxTxT, 1e-300))
-    log_w = np.log(np.maximum(proc.stationary_PxT[:, topics[0]], 1e-300))  # uniform persona prior
-    out = np.empty(len(items) - 1)
-    for t in range(1, len(items)):
-        step_P = log_trans[:, topics[t - 1], topics[t]]
-        post = log_w - np.logaddexp.reduce(log_w)
-        out[t - 1] = np.logaddexp.reduce(post + step_P) + proc.item_logq[items[t]]
-        log_w = log_w + step_P
-    return out
+    step_PxN = proc.log_trans_PxTxT[:, topics[:-1], topics[1:]]  # log M_k[z_{t-1}, z_t], t = 1..n-1
+    log_w0_P = np.log(np.maximum(proc.persona_prior_P * proc.stationary_PxT[:, topics[0]], 1e-300))
+    # Unnormalised log posterior over personas before step t: the prior-weighted start plus the steps so far.
+    log_w_PxN = log_w0_P[:, None] + np.concatenate([np.zeros((len(log_w0_P), 1)), np.cumsum(step_PxN, 1)[:, :-1]], 1)
+    log_post_PxN = log_w_PxN - np.logaddexp.reduce(log_w_PxN, axis=0)
+    return np.logaddexp.reduce(log_post_PxN + step_PxN, axis=0) + proc.item_logq[items[1:]]
 
 
 def true_cross_entropy(cfg: SyntheticConfig, *, split: str = "valid", max_len: int | None = None,
@@ -225,5 +241,5 @@ def oracle_entropy_rate(cfg: SyntheticConfig) -> float:
     for k in range(cfg.num_personas):
         m = proc.trans_PxTxT[k]
         h_trans_T = -(np.where(m > 0, m * np.log(np.maximum(m, 1e-300)), 0.0)).sum(axis=1)
-        total += proc.stationary_PxT[k] @ (h_trans_T + m @ h_item_T)
-    return float(total / cfg.num_personas)
+        total += proc.persona_prior_P[k] * (proc.stationary_PxT[k] @ (h_trans_T + m @ h_item_T))
+    return float(total)
