@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 from bench.published import PUBLISHED
 from configs.recipes import MODELS, recipe
+from lrm.training.exit_codes import PREEMPTED
 
 PROTOCOL = {"ml-1m": "reference", "ml-20m": "reference", "books": "reference", "beauty": "loo-val",
             "sports": "loo-val"}
@@ -44,8 +46,9 @@ def run_one(model: str, dataset: str, out: Path, overrides: dict) -> dict:
         node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value in ("1", "true", "True")
     res = train_and_evaluate(config, workdir)
     if res.get("preempted"):  # SIGTERM: the trainer saved a checkpoint; the same command resumes from it
-        raise SystemExit(f"{workdir}: stopped by SIGTERM at step {res['steps_run']} (checkpoint saved); run the "
-                         "same command again to resume")
+        print(f"{workdir}: stopped by SIGTERM at step {res['steps_run']} (checkpoint saved); run the same command "
+              "again to resume", file=sys.stderr)
+        raise SystemExit(PREEMPTED)
     return res
 
 

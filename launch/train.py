@@ -32,9 +32,11 @@ def _main(argv) -> None:
                      jax.local_device_count(), jax.device_count())
         if jax.process_index() != 0:
             logging.getLogger().setLevel(logging.WARNING)  # process 0 alone logs progress
+    from lrm.training.exit_codes import PREEMPTED
     from lrm.training.train import train_and_evaluate
 
-    train_and_evaluate(config, _WORKDIR.value)
+    if train_and_evaluate(config, _WORKDIR.value).get("preempted"):
+        sys.exit(PREEMPTED)  # not 0: a scheduler or sweep must not take a stopped run for a finished one
 
 
 def _fake_devices_for_compile_only(config) -> None:

@@ -1,8 +1,11 @@
 """Run a sweep: `lrm-sweep scaling_studies/sweeps/<name>.py --out DIR [--parallel N] [--dry_run] [--submit slurm|tpu]`.
 
 Local mode runs N `python -m launch.train` subprocesses at a time, each in DIR/runs/<name>-<hash>/, and appends
-one JSON line per finished run to DIR/results.jsonl (status "done" or "failed"). A re-launch skips runs whose
-config hash already has a "done" line; failed runs are retried; a failed run never stops the sweep.
+one JSON line per finished run to DIR/results.jsonl (status "done", "failed" or "preempted"). A re-launch skips
+runs whose config hash already has a "done" line; failed runs are retried, preempted ones resume from their
+checkpoint (same workdir); a failed run never stops the sweep. SIGTERM to the launcher (a session or allocation
+ending) is passed to the running trainers, which save a checkpoint and exit with `exit_codes.PREEMPTED`; the
+launcher records them as preempted, starts nothing new and exits with that code.
 `--submit` writes a SLURM array script or one TPU-pod command per run instead of running.
 """
 from __future__ import annotations
@@ -12,12 +15,15 @@ import importlib.util
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from lrm.training.exit_codes import PREEMPTED
 from scaling_studies.sweeps import Run, Sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +110,7 @@ def _append(path: Path, row: dict) -> None:
 
 
 def run_local(sweep: Sweep, out: Path, *, parallel: int = 1, poll_s: float = 0.5, env: dict | None = None) -> dict:
-    """Runs what is missing; returns counts {done, failed, skipped}."""
+    """Runs what is missing; returns counts {done, failed, preempted, skipped}."""
     out.mkdir(parents=True, exist_ok=True)
     if sweep.synthetic is not None:
         from data_pipeline.datasets.synthetic import write_synthetic_store
@@ -115,52 +121,73 @@ def run_local(sweep: Sweep, out: Path, *, parallel: int = 1, poll_s: float = 0.5
     finished = {r["config_hash"] for r in read_results(results) if r.get("status") == "done"}
     runs = sweep.expand()
     todo = [r for r in runs if r.config_hash not in finished]
-    counts = {"done": 0, "failed": 0, "skipped": len(runs) - len(todo)}
+    counts = {"done": 0, "failed": 0, "preempted": 0, "skipped": len(runs) - len(todo)}
     running: dict[str, tuple[Run, subprocess.Popen, float, Path]] = {}
     walls: list[float] = []
     queue = list(todo)
     child_env = {**os.environ, **(env or {})}
-    while queue or running:
-        while queue and len(running) < parallel:
-            run = queue.pop(0)
-            workdir = out / "runs" / f"{run.name}-{run.config_hash}"
-            workdir.mkdir(parents=True, exist_ok=True)
-            log = open(workdir / "launch.log", "w")
-            proc = subprocess.Popen(command(run, workdir), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                    env=child_env)
-            running[run.config_hash] = (run, proc, time.perf_counter(), workdir)
-        time.sleep(poll_s)
-        for key, (run, proc, t0, workdir) in list(running.items()):
+    stopping = []
+
+    def on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+        stopping.append(True)
+        for _, proc, _, _ in running.values():
             if proc.poll() is None:
-                continue
-            del running[key]
-            wall = time.perf_counter() - t0
-            row = None
-            if proc.returncode == 0 and (workdir / "results.json").exists():
-                try:
-                    row = result_line(run, workdir, wall)
-                except Exception as e:  # noqa: BLE001 - a bad result must not stop the sweep
-                    err = f"result collection failed: {type(e).__name__}: {e}"
-            else:
-                tail = (workdir / "launch.log").read_text()[-2000:]
-                err = f"exit code {proc.returncode}: {tail}"
-            if row is None:
-                row = {"status": "failed", "name": run.name, "config_hash": run.config_hash, "meta": run.meta,
-                       "overrides": run.overrides, "wall_s": wall, "error": err, "time": time.time()}
-                counts["failed"] += 1
-            else:
-                counts["done"] += 1
-                walls.append(wall)
-            _append(results, row)
-            print(progress_line(len(runs), counts, len(running), len(queue), walls, parallel), flush=True)
+                proc.send_signal(signal.SIGTERM)
+
+    in_main = threading.current_thread() is threading.main_thread()  # signal handlers live on the main thread
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main else None
+    try:
+        while (queue and not stopping) or running:
+            while queue and not stopping and len(running) < parallel:
+                run = queue.pop(0)
+                workdir = out / "runs" / f"{run.name}-{run.config_hash}"
+                workdir.mkdir(parents=True, exist_ok=True)
+                with open(workdir / "launch.log", "a") as log:  # "a": a resumed run keeps its earlier log
+                    proc = subprocess.Popen(command(run, workdir), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                            env=child_env)
+                running[run.config_hash] = (run, proc, time.perf_counter(), workdir)
+            time.sleep(poll_s)
+            for key, (run, proc, t0, workdir) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[key]
+                row = _finished_row(run, proc.returncode, workdir, time.perf_counter() - t0)
+                counts[row["status"]] += 1
+                if row["status"] == "done":
+                    walls.append(row["wall_s"])
+                _append(results, row)
+                print(progress_line(len(runs), counts, len(running), len(queue), walls, parallel), flush=True)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+    if stopping:
+        print(f"[sweep] stopped by SIGTERM: {counts['preempted']} run(s) saved a checkpoint and resume on "
+              f"re-launch, {len(queue)} not started", flush=True)
     return counts
+
+
+def _finished_row(run: Run, returncode: int, workdir: Path, wall: float) -> dict:
+    """The results.jsonl line of a run whose process has exited."""
+    base = {"name": run.name, "config_hash": run.config_hash, "meta": run.meta, "overrides": run.overrides,
+            "wall_s": wall, "time": time.time()}
+    if returncode == PREEMPTED:
+        return {"status": "preempted", **base, "note": "checkpoint saved; a re-launch resumes it"}
+    if returncode == 0 and (workdir / "results.json").exists():
+        try:
+            return result_line(run, workdir, wall)
+        except Exception as e:  # noqa: BLE001 - a bad result must not stop the sweep
+            err = f"result collection failed: {type(e).__name__}: {e}"
+    else:
+        tail = (workdir / "launch.log").read_text()[-2000:]
+        err = f"exit code {returncode}: {tail}"
+    return {"status": "failed", **base, "error": err}
 
 
 def progress_line(total: int, counts: dict, running: int, queued: int, walls: list[float], parallel: int) -> str:
     done = counts["done"] + counts["skipped"]
     eta = (sum(walls) / len(walls)) * (queued + running) / max(parallel, 1) if walls else float("nan")
     return (f"[sweep] {done}/{total} done ({counts['skipped']} from before), {running} running, "
-            f"{counts['failed']} failed, {queued} queued, ETA {eta:.0f}s")
+            f"{counts['failed']} failed, {counts.get('preempted', 0)} preempted, {queued} queued, ETA {eta:.0f}s")
 
 
 def status(sweep: Sweep, out: Path) -> str:
@@ -169,7 +196,9 @@ def status(sweep: Sweep, out: Path) -> str:
     runs = sweep.expand()
     done = sum(last.get(r.config_hash) == "done" for r in runs)
     failed = sum(last.get(r.config_hash) == "failed" for r in runs)
-    return f"{sweep.name}: {done} done, {failed} failed, {len(runs) - done - failed} not run, of {len(runs)}"
+    preempted = sum(last.get(r.config_hash) == "preempted" for r in runs)
+    return (f"{sweep.name}: {done} done, {failed} failed, {preempted} preempted, "
+            f"{len(runs) - done - failed - preempted} not run, of {len(runs)}")
 
 
 def write_submission(sweep: Sweep, out: Path, kind: str) -> Path:
@@ -223,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     counts = run_local(sweep, out, parallel=a.parallel)
     print(status(sweep, out))
-    return 1 if counts["failed"] else 0
+    return 1 if counts["failed"] else PREEMPTED if counts["preempted"] else 0
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def load_study(study_dir: str | Path, *, metric: str = "valid_ce") -> Study:
     runs, failed, excluded, first_config = [], [], [], {}
     for i, row in sorted(last.values(), key=lambda x: x[0]):
         if row["status"] != "done":
-            failed.append({"name": row["name"], "error": str(row.get("error", ""))[:300]})
+            failed.append({"name": row["name"], "error": str(row.get("error") or f"{row['status']}: {row.get('note', '')}")[:300]})
             continue
         run = _run(row, metric, f"{path}:{i}")
         if not math.isfinite(run.loss):

@@ -3,13 +3,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from data_pipeline.datasets import synthetic as sy
+from lrm.training.exit_codes import PREEMPTED
 from scaling_studies import launch_sweep
 from scaling_studies.sweeps import LRRule, Sweep, budgets_geometric
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_synthetic_is_deterministic_and_streamed_in_any_chunking():
@@ -99,7 +109,7 @@ def _tiny_sweep(tmp_path) -> Sweep:
 def test_sweep_survives_a_failure_and_relaunch_runs_only_what_is_missing(tmp_path, capsys):
     sweep, out = _tiny_sweep(tmp_path), tmp_path / "sweep"
     first = launch_sweep.run_local(sweep, out, parallel=2, env={"JAX_PLATFORMS": "cpu"})
-    assert first == {"done": 2, "failed": 1, "skipped": 0}
+    assert first == {"done": 2, "failed": 1, "preempted": 0, "skipped": 0}
     rows = launch_sweep.read_results(out / "results.jsonl")
     done = [r for r in rows if r["status"] == "done"]
     failed = [r for r in rows if r["status"] == "failed"]
@@ -112,12 +122,60 @@ def test_sweep_survives_a_failure_and_relaunch_runs_only_what_is_missing(tmp_pat
     _check_true_entropy(sweep, out, done)
     assert "[sweep] 3/3 done" not in capsys.readouterr().out  # one failed: never reported as all done
     second = launch_sweep.run_local(sweep, out, parallel=2, env={"JAX_PLATFORMS": "cpu"})
-    assert second == {"done": 0, "failed": 1, "skipped": 2}
+    assert second == {"done": 0, "failed": 1, "preempted": 0, "skipped": 2}
     assert len(launch_sweep.read_results(out / "results.jsonl")) == 4
     assert "2 done, 1 failed" in launch_sweep.status(sweep, out)
     script = launch_sweep.write_submission(sweep, out, "slurm")
     assert "#SBATCH --array=0-0" in script.read_text()
     assert "model.embed_dim=-1" in (out / "submit" / "commands.txt").read_text()
+
+
+def test_sigterm_to_the_launcher_preempts_its_runs_and_a_relaunch_resumes_them(tmp_path):
+    # One long tiny run; SIGTERM reaches the launcher (an allocation ending) while the trainer is mid-run.
+    sweep_file = tmp_path / "long_sweep.py"
+    sweep_file.write_text(
+        "from data_pipeline.datasets.synthetic import SyntheticConfig\n"
+        "from scaling_studies.sweeps import Sweep\n"
+        "SYN = SyntheticConfig(num_users=64, num_items=30, num_topics=3, num_personas=2, fanout=2, mean_len=8, "
+        "max_len=12, name='synthetic-sweep')\n"
+        f"BASE = {{'data.dataset': SYN.name, 'data.store_root': {str(tmp_path / 'stores')!r}, 'data.max_len': 10, "
+        "'model.max_seq_len': 11, 'train.batch_size': 16, 'train.num_steps': 400, 'train.log_every_steps': 10, "
+        "'train.tensorboard': False, 'loss.num_negatives': 8, 'checkpoint.every_steps': 0, 'eval.batch_size': 64}\n"
+        "SWEEP = Sweep(name='long', config_file='configs/tiny.py', overrides=BASE, axes={'model.embed_dim': [8]}, "
+        "synthetic=SYN)\n")
+    out = tmp_path / "sweep"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    launcher = subprocess.Popen([sys.executable, "-m", "scaling_studies.launch_sweep", str(sweep_file), "--out",
+                                 str(out)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        logs = []
+        while time.time() < deadline and launcher.poll() is None:
+            logs = list(out.glob("runs/*/launch.log"))
+            if logs and re.search(r"step [1-9]\d+/400", logs[0].read_text()):
+                break
+            time.sleep(0.2)
+        assert launcher.poll() is None and logs, "the run never got going (or finished before the signal)"
+        launcher.send_signal(signal.SIGTERM)
+        output, _ = launcher.communicate(timeout=180)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == PREEMPTED, output[-3000:]
+    assert "1 run(s) saved a checkpoint" in output
+    rows = launch_sweep.read_results(out / "results.jsonl")
+    assert [r["status"] for r in rows] == ["preempted"], rows
+    sweep = launch_sweep.load_sweep(sweep_file)
+    assert "0 done, 0 failed, 1 preempted, 0 not run" in launch_sweep.status(sweep, out)
+    workdir = logs[0].parent
+    stopped_at = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert stopped_at and 0 < stopped_at[-1] < 400, stopped_at  # saved mid-run
+    again = launch_sweep.run_local(sweep, out, env={"JAX_PLATFORMS": "cpu"})
+    assert again == {"done": 1, "failed": 0, "preempted": 0, "skipped": 0}
+    log = logs[0].read_text()
+    assert f"resumed from {workdir / 'checkpoints'} at step {stopped_at[-1]}" in log  # not from scratch
+    assert json.loads((workdir / "results.json").read_text())["steps_run"] == 400
+    assert "1 done, 0 failed, 0 preempted, 0 not run" in launch_sweep.status(sweep, out)
 
 
 def _check_true_entropy(sweep: Sweep, out, done: list[dict]) -> None:
