@@ -12,8 +12,8 @@ steps are identical.
 
 Five budgets 10^(1/2) apart over 1e10-1e12 FLOPs, six widths per budget (D = 4..128: the first study's best
 width at its two smallest budgets was its smallest, 8), three seeds at 1e10 and 3.16e10 for the noise floor. The
-held-out runs (`HELD_OUT`, 1e13 = 10x the largest fitted budget) are added to this file only after the prediction
-for them is committed (scaling_studies/results/hstu_synthetic_zipf/prediction.json).
+held-out runs (`HELD_OUT`, 1e13 = 10x the largest fitted budget) were added to this file with the prediction for
+them (scaling_studies/results/hstu_synthetic_zipf/prediction.json), in the same commit, before they ran.
 
     lrm-sweep scaling_studies/sweeps/hstu_synthetic_zipf.py --out scaling_studies/results/hstu_synthetic_zipf --parallel 2
 """
@@ -46,3 +46,10 @@ def isoflop(budgets: list[float], widths: list[int], seeds_at: dict[float, list[
 
 
 SWEEP = isoflop(BUDGETS, WIDTHS, {10 ** 10: [0, 1, 2], 10 ** 10.5: [0, 1, 2]})
+
+# Pre-registered held-out runs at 10x the largest fitted budget, chosen before they ran: the IsoFLOP minima moved
+# from N* ~ 49k (1e11) to ~ 85k (3.16e11) and ~ 105k (1e12; D* between 32 and 64), at most ~3x per decade, which
+# puts N* at or below ~300k at 1e13 (D <~ 100); D = 64, 96, 128 (173k, 291k, 428k parameters) bracket it, as in
+# the first study. The observed frontier CE at 1e13 is the lowest of the three.
+HELD_OUT_BUDGET = 1e13
+HELD_OUT = isoflop([HELD_OUT_BUDGET], [64, 96, 128], {})
