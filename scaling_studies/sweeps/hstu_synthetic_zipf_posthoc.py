@@ -9,3 +9,7 @@ before it.
 from scaling_studies.sweeps.hstu_synthetic_zipf import HELD_OUT_BUDGET, isoflop
 
 SWEEP = isoflop([HELD_OUT_BUDGET], [32, 48], {})
+
+# Two more seeds of the pre-registered frontier run (D = 64 at 1e13), for the seed spread at that budget; run by
+# hstu_synthetic_zipf_posthoc_seeds.py (which exports it as SWEEP) with the same --out.
+SEEDS = isoflop([HELD_OUT_BUDGET], [64], {HELD_OUT_BUDGET: [1, 2]})
