@@ -11,6 +11,7 @@ launcher records them as preempted, starts nothing new and exits with that code.
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib.util
 import json
 import os
@@ -126,16 +127,11 @@ def run_local(sweep: Sweep, out: Path, *, parallel: int = 1, poll_s: float = 0.5
     walls: list[float] = []
     queue = list(todo)
     child_env = {**os.environ, **(env or {})}
-    stopping = []
-
-    def on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
-        stopping.append(True)
-        for _, proc, _, _ in running.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+    stopping: list[int] = []  # the handler only records the signal; the loop below passes it on
+    signalled: set[str] = set()
 
     in_main = threading.current_thread() is threading.main_thread()  # signal handlers live on the main thread
-    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main else None
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum)) if in_main else None
     try:
         while (queue and not stopping) or running:
             while queue and not stopping and len(running) < parallel:
@@ -147,6 +143,10 @@ def run_local(sweep: Sweep, out: Path, *, parallel: int = 1, poll_s: float = 0.5
                                             env=child_env)
                 running[run.config_hash] = (run, proc, time.perf_counter(), workdir)
             time.sleep(poll_s)
+            if stopping:  # also reaches a trainer started just before the signal
+                for key in running.keys() - signalled:
+                    running[key][1].send_signal(signal.SIGTERM)
+                    signalled.add(key)
             for key, (run, proc, t0, workdir) in list(running.items()):
                 if proc.poll() is None:
                     continue
@@ -187,18 +187,16 @@ def progress_line(total: int, counts: dict, running: int, queued: int, walls: li
     done = counts["done"] + counts["skipped"]
     eta = (sum(walls) / len(walls)) * (queued + running) / max(parallel, 1) if walls else float("nan")
     return (f"[sweep] {done}/{total} done ({counts['skipped']} from before), {running} running, "
-            f"{counts['failed']} failed, {counts.get('preempted', 0)} preempted, {queued} queued, ETA {eta:.0f}s")
+            f"{counts['failed']} failed, {counts['preempted']} preempted, {queued} queued, ETA {eta:.0f}s")
 
 
 def status(sweep: Sweep, out: Path) -> str:
     rows = read_results(out / "results.jsonl")
     last = {r["config_hash"]: r["status"] for r in rows}
     runs = sweep.expand()
-    done = sum(last.get(r.config_hash) == "done" for r in runs)
-    failed = sum(last.get(r.config_hash) == "failed" for r in runs)
-    preempted = sum(last.get(r.config_hash) == "preempted" for r in runs)
-    return (f"{sweep.name}: {done} done, {failed} failed, {preempted} preempted, "
-            f"{len(runs) - done - failed - preempted} not run, of {len(runs)}")
+    n = collections.Counter(last.get(r.config_hash, "not run") for r in runs)
+    return (f"{sweep.name}: {n['done']} done, {n['failed']} failed, {n['preempted']} preempted, "
+            f"{n['not run']} not run, of {len(runs)}")
 
 
 def write_submission(sweep: Sweep, out: Path, kind: str) -> Path:
