@@ -32,6 +32,7 @@ setup(
             "lrm-preprocess=data_pipeline.preprocess:main",
             "lrm-sweep=scaling_studies.launch_sweep:main",
             "lrm-export=launch.export:main",
+            "lrm-evaluate=launch.evaluate:main",
         ],
     },
 )

@@ -208,6 +208,8 @@ def _registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     for item, save, restore, handler in (("params", ocp.args.StandardSave, ocp.args.StandardRestore,
                                           ocp.StandardCheckpointHandler),
+                                         ("state", ocp.args.StandardSave, ocp.args.StandardRestore,
+                                          ocp.StandardCheckpointHandler),
                                          ("meta", ocp.args.JsonSave, ocp.args.JsonRestore, ocp.JsonCheckpointHandler)):
         registry.add(item, save, handler)
         registry.add(item, restore, handler)
@@ -223,25 +225,48 @@ def _unwrap(tree: Any) -> Any:
     return tree
 
 
-def load_params(workdir: str | Path, params_like: Any) -> tuple[Any, dict]:
-    """(best parameters as an nnx State shaped like `params_like`, their meta) of a run's workdir, on the
-    default device whatever mesh saved them; rows a sharded run padded onto vocab tables are cut."""
-    path = Path(workdir) / BEST_DIR
-    best = ocp.CheckpointManager(path.resolve(), handler_registry=_registry(),
-                                 options=ocp.CheckpointManagerOptions(read_only=True))
+PARAM_SOURCES = ("best", "latest")
+
+
+def load_params(workdir: str | Path, params_like: Any, *, source: str = "best",
+                step: int | None = None) -> tuple[Any, dict]:
+    """(parameters as an nnx State shaped like `params_like`, their meta) from a run's workdir.
+
+    `source` "best": best/ (picked on validation; the final step under protocol "reference"); "latest":
+    checkpoints/, a train state, so a run still going or preempted can be scored. `step`: that saved step
+    instead of the newest. Loaded on the default device whatever mesh saved them; rows a sharded run padded
+    onto vocab tables are cut.
+    """
+    if source not in PARAM_SOURCES:
+        raise ValueError(f"source must be one of {PARAM_SOURCES}, got {source!r}")
+    subdir, item = (BEST_DIR, "params") if source == "best" else (CHECKPOINT_DIR, "state")
+    path = Path(workdir) / subdir
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} does not exist: is {workdir} a training workdir?")
+    manager = ocp.CheckpointManager(path.resolve(), handler_registry=_registry(),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
     try:
-        step = best.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"{path}: no best checkpoint (did the run finish?)")
+        have = sorted(manager.all_steps())
+        if not have:
+            raise FileNotFoundError(f"{path}: no complete checkpoint"
+                                    + (" (did the run finish?)" if source == "best" else ""))
+        step = have[-1] if step is None else int(step)
+        if step not in have:
+            raise FileNotFoundError(f"{path}: no checkpoint of step {step}; have {have}")
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device),
-                              best.item_metadata(step)["params"].tree)
-        restored = best.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target),
-                                                               meta=ocp.args.JsonRestore()))
-        meta = restored.meta
-        saved = _unwrap(restored.params)
+
+        def abstract(m):  # a train state's metadata also holds non-array leaves of the optimizer state
+            return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device) if hasattr(m, "shape") else m
+
+        # A train state restores whole (orbax restores no sub-tree of an item); its optimizer state is dropped.
+        target = jax.tree.map(abstract, manager.item_metadata(step)[item].tree)
+        restored = manager.restore(step, args=ocp.args.Composite(
+            **{item: ocp.args.StandardRestore(target), "meta": ocp.args.JsonRestore()}))
+        meta = restored["meta"]
+        saved = _unwrap(restored[item] if source == "best" else restored[item]["params"])
     finally:
-        best.close()
+        manager.close()
+    path = path / str(step)
     want = nnx.to_pure_dict(params_like)
     def name(key_path) -> str:  # orbax stores the int keys of nnx.List layers as strings
         return "/".join(str(getattr(k, "key", k)) for k in key_path)
@@ -250,13 +275,13 @@ def load_params(workdir: str | Path, params_like: Any) -> tuple[Any, dict]:
     flat_want = [(name(k), v) for k, v in jax.tree_util.tree_flatten_with_path(want)[0]]
     if set(flat_saved) != {k for k, _ in flat_want}:
         differ = sorted(set(flat_saved) ^ {k for k, _ in flat_want})
-        raise ValueError(f"{path / str(step)}: parameters differ from the model's: {differ}")
+        raise ValueError(f"{path}: parameters differ from the model's: {differ}")
     leaves = []
     for key, like in flat_want:
         x = np.asarray(flat_saved[key])
         if x.shape != like.shape:
             if x.shape[1:] != like.shape[1:] or x.shape[0] < like.shape[0]:
-                raise ValueError(f"{path / str(step)}: {key} has shape {x.shape}, the model wants {like.shape}")
+                raise ValueError(f"{path}: {key} has shape {x.shape}, the model wants {like.shape}")
             x = x[: like.shape[0]]  # vocab padding rows of a sharded run
         leaves.append(jax.numpy.asarray(x))
     pure = jax.tree_util.tree_unflatten(jax.tree.structure(want), leaves)

@@ -1,15 +1,26 @@
-"""The most-popular-item baseline on a split of the store, ranked by the same rule as the model.
+"""Evaluation outside the train loop: a saved run's parameters scored per user, and the most-popular-item
+baseline, both ranked by the same rule as the trainer's own evaluation.
 
-(The model's own evaluation, on any mesh, is `lrm.training.sharded.make_eval_step` / `evaluate`.)
+(The evaluation inside the train loop, on any mesh, is `lrm.training.sharded.make_eval_step` / `evaluate`.)
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
 import numpy as np
+import optax
 
 from data_pipeline.pipeline import make_eval_dataset
 from data_pipeline.splits import train_lengths
 from data_pipeline.store import SequenceStore
 from lrm.metrics import RankingAccumulator, popularity_baseline
+from lrm.training import sharded
+from lrm.training.checkpointing import load_params
+from lrm.training.data import store_path
 
 
 def held_out(batch: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -43,3 +54,99 @@ def evaluate_popularity(store: SequenceStore, split: str, *, max_len: int, batch
         rank_B = popularity_baseline(counts_V, target_B, batch["item_ids_BxL"], max_rank=max_rank)
         acc.add(np.asarray(rank_B), None, batch["weights_B"])  # the baseline has no probabilities: no "ce"
     return acc.result()
+
+
+@dataclasses.dataclass
+class RunRanks:
+    """One saved model's held-out ranks on a split, in user order, and the metrics of exactly those."""
+
+    users_U: np.ndarray  # store row of each scored user, ascending
+    ranks_U: np.ndarray  # int64, 1 = the target ranked first (the trainer's rule, capped at max_rank + 1)
+    ce_U: np.ndarray  # full-catalogue cross-entropy of the target, nats
+    metrics: dict[str, float]  # summed batch by batch as the trainer does, so equal to its results bit for bit
+    step: int
+    source: str  # "best" or "latest"
+    store_identity: dict
+    config: ml_collections.ConfigDict
+    results: dict | None  # the run's results.json, when it finished
+
+
+def run_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: is {workdir} a training workdir?")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def rank_run(workdir: str | Path, splits: tuple[str, ...] = ("test",), *, source: str = "best",
+             step: int | None = None, config: ml_collections.ConfigDict | None = None) -> dict[str, RunRanks]:
+    """Scores a run's saved parameters (loaded once) on each of `splits` of its store; single process.
+
+    `config` defaults to the run's config.json; pass an edited copy to read the store from elsewhere
+    (`data.store_root`) or score a fixed subset (`eval.max_users`). Model, loss and data sections must stay
+    the run's: the parameters are checked against the model they build.
+    """
+    if jax.process_count() > 1:
+        raise RuntimeError("rank_run scores on one process; run it without jax.distributed")
+    config = run_config(workdir) if config is None else config
+    store = SequenceStore.open(store_path(config.data))
+    available = ("valid", "test") if store.protocol != "reference" else ("test",)
+    for split in splits:
+        if split not in available:
+            raise ValueError(f"split {split!r} is not in {store_path(config.data)} (protocol {store.protocol!r} "
+                             f"has {available})")
+    graphdef, params, _, layout = sharded.create_state_from_config(config, store.num_items, optax.identity())
+    params, meta = load_params(workdir, params, source=source, step=step)
+    params = jax.device_put(params, layout.param_shardings)
+    eval_step = sharded.make_eval_step(graphdef, layout, temperature=config.loss.temperature,
+                                       chunk_size=config.eval.chunk_size)
+    results_path = Path(workdir) / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else None
+    out = {}
+    for split in splits:
+        acc = RankingAccumulator(max_rank=config.eval.max_rank)
+        users, ranks, ces = [], [], []
+        for batch in make_eval_dataset(store, split=split, max_len=config.data.max_len,
+                                       batch_size=config.eval.batch_size, process_index=0, process_count=1,
+                                       max_users=config.eval.max_users):
+            rank_B, ce_B = eval_step(params, {k: v for k, v in batch.items() if k != "user_index_B"})
+            acc.add(rank_B, ce_B, batch["weights_B"])
+            real_B = batch["weights_B"] == 1
+            users.append(batch["user_index_B"][real_B])
+            ranks.append(np.asarray(rank_B)[real_B])
+            ces.append(np.asarray(ce_B)[real_B])
+        users_U = np.concatenate(users)
+        order = np.argsort(users_U, kind="stable")
+        out[split] = RunRanks(users_U=users_U[order], ranks_U=np.concatenate(ranks)[order].astype(np.int64),
+                              ce_U=np.concatenate(ces)[order].astype(np.float64), metrics=acc.result(),
+                              step=int(meta["step"]), source=source, store_identity=store.identity(),
+                              config=config, results=results)
+    return out
+
+
+def reported_metrics(run: RunRanks, split: str) -> dict | None:
+    """What results.json reported for `split` when `run` scored the reported parameters (best/ at the
+    selected step); None otherwise (unfinished run, other parameters, no such split)."""
+    if run.results is None or run.results.get(split) is None:
+        return None
+    if run.source != "best" or run.step != run.results["best_step"]:
+        return None
+    return run.results[split]
+
+
+def reproduction_error(run: RunRanks, split: str, names=("hr@10", "ndcg@10", "mrr", "ce", "num_users")) -> str | None:
+    """Why `run`'s metrics are not those its results.json reported for `split` (None when they are).
+
+    The tolerance is the float64 summation order of the metric sums (a multi-process run all-reduced
+    them), far below one user's weight in any metric; the per-user values must be computed in the same
+    eval batch shape as the run's (another shape rounds float32 differently).
+    """
+    reported = reported_metrics(run, split)
+    if reported is None:
+        return (f"no reported {split!r} metrics for {run.source} step {run.step} "
+                f"(results.json: {'none' if run.results is None else 'best step %d' % run.results['best_step']})")
+    for name in names:
+        if name in reported and abs(run.metrics[name] - reported[name]) > 1e-9:
+            return (f"recomputed {name} {run.metrics[name]:.6f} differs from results.json {reported[name]:.6f}: "
+                    "the saved parameters, store or eval settings are not those of the reported run")
+    return None
