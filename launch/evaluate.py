@@ -24,7 +24,7 @@ def evaluate_run(workdir: str | Path, *, splits: tuple[str, ...] = (), source: s
     """(the JSON record, {split: RunRanks}) of `workdir`'s parameters on `splits` (default: all the store has)."""
     from data_pipeline.store import SequenceStore
     from lrm.training.data import store_path
-    from lrm.training.evaluate import (evaluate_popularity, rank_run, reported_metrics,
+    from lrm.training.evaluate import (evaluate_popularity, not_comparable, rank_run,
                                          reproduction_error, run_config)
 
     config = run_config(workdir)
@@ -43,9 +43,8 @@ def evaluate_run(workdir: str | Path, *, splits: tuple[str, ...] = (), source: s
               "reproduces_results_json": {}}
     for split, run in runs.items():
         record["splits"][split] = run.metrics
-        # Comparable with results.json: the reported parameters on the same users in the same batches (another
-        # batch shape compiles to other float32 roundings: ce moves in the 7th digit, near-tied ranks may flip).
-        if reported_metrics(run, split) is not None and not overrides.keys() & {"eval.max_users", "eval.batch_size"}:
+        # Comparable with results.json: the reported parameters on the same users in the same batch shapes.
+        if not_comparable(run, split) is None and not overrides.keys() & {"eval.max_users", "eval.batch_size"}:
             why = reproduction_error(run, split)
             record["reproduces_results_json"][split] = why is None
             if why is not None:

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from bench import compare
 from launch import evaluate as cli
 from lrm.metrics import per_user_metric
 from lrm.training import sharded
@@ -118,3 +119,17 @@ def test_a_run_whose_results_do_not_match_its_parameters_fails(runs, tmp_path):
         cli.main(["--workdir", str(tampered), "--out", str(tmp_path / "ev.json")])
     record = json.loads((tmp_path / "ev.json").read_text())
     assert record["reproduces_results_json"] == {"valid": True, "test": False}
+
+
+def test_a_run_evaluated_on_another_device_layout_is_not_compared(runs, tmp_path):
+    other = tmp_path / "eight_devices"
+    shutil.copytree(runs / "looval", other)
+    results = json.loads((other / "results.json").read_text())
+    assert (results["num_devices"], results["num_processes"]) == (1, 1)  # recorded by the trainer
+    results["num_devices"] = 8
+    (other / "results.json").write_text(json.dumps(results))
+    record, _ = cli.evaluate_run(other, splits=("test",))
+    assert record["reproduces_results_json"] == {"test": None}
+    assert record["splits"]["test"] == json.loads((runs / "looval" / "results.json").read_text())["test"]
+    with pytest.raises(ValueError, match="evaluated on 8 devices in 1 processes, this on 1 in 1"):
+        compare.compare(other, runs / "looval")

@@ -124,27 +124,35 @@ def rank_run(workdir: str | Path, splits: tuple[str, ...] = ("test",), *, source
     return out
 
 
-def reported_metrics(run: RunRanks, split: str) -> dict | None:
-    """What results.json reported for `split` when `run` scored the reported parameters (best/ at the
-    selected step); None otherwise (unfinished run, other parameters, no such split)."""
-    if run.results is None or run.results.get(split) is None:
-        return None
+def not_comparable(run: RunRanks, split: str) -> str | None:
+    """Why `run`'s numbers cannot be checked bit for bit against its results.json (None when they can).
+
+    They can for the reported parameters (best/ at the selected step) scored on the run's device layout:
+    another per-device batch shape rounds float32 differently (ce in the 7th digit; near-tied ranks flip).
+    """
+    if run.results is None:
+        return "the run has no results.json (not finished)"
+    if run.results.get(split) is None:
+        return f"results.json has no {split!r} metrics (protocol {run.results.get('protocol')!r})"
     if run.source != "best" or run.step != run.results["best_step"]:
-        return None
-    return run.results[split]
+        return f"scored {run.source} step {run.step}; the run reported best step {run.results['best_step']}"
+    # results.json files written before these fields existed come from single-device runs.
+    devices, processes = run.results.get("num_devices", 1), run.results.get("num_processes", 1)
+    if (devices, processes) != (jax.device_count(), 1):
+        return (f"the run evaluated on {devices} devices in {processes} processes, this on {jax.device_count()} "
+                "in 1: per-device batch shapes differ")
+    return None
 
 
 def reproduction_error(run: RunRanks, split: str, names=("hr@10", "ndcg@10", "mrr", "ce", "num_users")) -> str | None:
     """Why `run`'s metrics are not those its results.json reported for `split` (None when they are).
 
-    The tolerance is the float64 summation order of the metric sums (a multi-process run all-reduced
-    them), far below one user's weight in any metric; the per-user values must be computed in the same
-    eval batch shape as the run's (another shape rounds float32 differently).
+    Not being comparable (`not_comparable`) is a reason. The tolerance is the float64 summation order of
+    the metric sums (a multi-process run all-reduced them), far below one user's weight in any metric.
     """
-    reported = reported_metrics(run, split)
-    if reported is None:
-        return (f"no reported {split!r} metrics for {run.source} step {run.step} "
-                f"(results.json: {'none' if run.results is None else 'best step %d' % run.results['best_step']})")
+    if (why := not_comparable(run, split)) is not None:
+        return why
+    reported = run.results[split]
     for name in names:
         if name in reported and abs(run.metrics[name] - reported[name]) > 1e-9:
             return (f"recomputed {name} {run.metrics[name]:.6f} differs from results.json {reported[name]:.6f}: "

@@ -246,6 +246,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         "popularity_baseline": baseline,
         "split_report": split_report(store.lengths, store.protocol),
         "num_params": int(sum(x.size for x in jax.tree.leaves(params))),
+        "num_devices": jax.device_count(),  # the eval's per-device batch shapes (lrm-evaluate compares like with like)
+        "num_processes": jax.process_count(),
         "tokens_seen": tokens_seen,
         **meter.summary(tokens_seen),  # flops_seen, model_flops_per_s, mfu (None where the peak is unknown)
         "train_seconds": train_seconds,  # all processes of the run (resumes included); None if not recorded
