@@ -36,9 +36,9 @@ def evaluate_run(workdir: str | Path, *, splits: tuple[str, ...] = (), source: s
             config[section][name] = value
             overrides[key] = value
     store = SequenceStore.open(store_path(config.data))
-    splits = tuple(splits) or (("valid", "test") if store.protocol != "reference" else ("test",))
-    runs = rank_run(workdir, splits, source=source, step=step, config=config)
-    record = {"workdir": str(workdir), "source": source, "step": runs[splits[0]].step, "dataset": store.dataset,
+    runs = rank_run(workdir, tuple(splits) or None, source=source, step=step, config=config)
+    record = {"workdir": str(workdir), "source": source, "step": next(iter(runs.values())).step,
+              "dataset": store.dataset,
               "protocol": store.protocol, "store": store.identity(), "overrides": overrides, "splits": {},
               "reproduces_results_json": {}}
     for split, run in runs.items():

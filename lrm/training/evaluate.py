@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from data_pipeline.pipeline import make_eval_dataset
-from data_pipeline.splits import train_lengths
+from data_pipeline.splits import get_protocol, train_lengths
 from data_pipeline.store import SequenceStore
 from lrm.metrics import RankingAccumulator, popularity_baseline
 from lrm.training import sharded
@@ -78,9 +78,10 @@ def run_config(workdir: str | Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def rank_run(workdir: str | Path, splits: tuple[str, ...] = ("test",), *, source: str = "best",
+def rank_run(workdir: str | Path, splits: tuple[str, ...] | None = None, *, source: str = "best",
              step: int | None = None, config: ml_collections.ConfigDict | None = None) -> dict[str, RunRanks]:
-    """Scores a run's saved parameters (loaded once) on each of `splits` of its store; single process.
+    """Scores a run's saved parameters (loaded once) on each of `splits` of its store (default: every split
+    of its protocol); single process.
 
     `config` defaults to the run's config.json; pass an edited copy to read the store from elsewhere
     (`data.store_root`) or score a fixed subset (`eval.max_users`). Model, loss and data sections must stay
@@ -90,11 +91,12 @@ def rank_run(workdir: str | Path, splits: tuple[str, ...] = ("test",), *, source
         raise RuntimeError("rank_run scores on one process; run it without jax.distributed")
     config = run_config(workdir) if config is None else config
     store = SequenceStore.open(store_path(config.data))
-    available = ("valid", "test") if store.protocol != "reference" else ("test",)
+    protocol = get_protocol(store.protocol)
+    splits = tuple(protocol.eval_drop) if splits is None else tuple(splits)
     for split in splits:
-        if split not in available:
-            raise ValueError(f"split {split!r} is not in {store_path(config.data)} (protocol {store.protocol!r} "
-                             f"has {available})")
+        if split not in protocol.eval_drop:
+            raise ValueError(f"{store_path(config.data)}: " + protocol.missing.get(
+                split, f"no split {split!r}; protocol {protocol.name!r} has {list(protocol.eval_drop)}"))
     graphdef, params, _, layout = sharded.create_state_from_config(config, store.num_items, optax.identity())
     params, meta = load_params(workdir, params, source=source, step=step)
     params = jax.device_put(params, layout.param_shardings)
