@@ -29,8 +29,14 @@ if [[ -z "$PORT" ]]; then
   PORT=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')
 fi
 LOG_DIR="${LOG_DIR:-$(mktemp -d)}"
+# The caller's other XLA flags are kept; only the fake device count is this launcher's.
+OTHER_XLA_FLAGS=""
+for flag in ${XLA_FLAGS:-}; do
+  [[ $flag == --xla_force_host_platform_device_count=* ]] || OTHER_XLA_FLAGS+="$flag "
+done
+CHILD_XLA_FLAGS="${OTHER_XLA_FLAGS}--xla_force_host_platform_device_count=$DEVICES"
 cmd_for() {
-  printf 'PYTHONPATH=%q JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=%s %q -m launch.train' "$ROOT" "$DEVICES" "$PYTHON"
+  printf 'PYTHONPATH=%q JAX_PLATFORMS=cpu XLA_FLAGS=%q %q -m launch.train' "$ROOT" "$CHILD_XLA_FLAGS" "$PYTHON"
   printf ' %q' "$@" "--config.distributed.coordinator_address=localhost:$PORT" \
     "--config.distributed.num_processes=$NUM" "--config.distributed.process_id=$PROC"
 }
@@ -40,7 +46,7 @@ if [[ $DRY_RUN == 1 ]]; then
 fi
 pids=()
 for ((PROC = 0; PROC < NUM; PROC++)); do
-  PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=$DEVICES" \
+  PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" JAX_PLATFORMS=cpu XLA_FLAGS="$CHILD_XLA_FLAGS" \
     "$PYTHON" -m launch.train "$@" "--config.distributed.coordinator_address=localhost:$PORT" \
     "--config.distributed.num_processes=$NUM" "--config.distributed.process_id=$PROC" \
     >"$LOG_DIR/process_$PROC.log" 2>&1 &

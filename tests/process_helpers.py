@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -10,6 +11,18 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+NO_LLVM_OPT = "--xla_backend_optimization_level=0"  # the suite's compile-time setting (tests/conftest.py)
+
+
+def cpu_env(num_devices: int | None = None, *, optimized: bool = False, **extra: str) -> dict[str, str]:
+    """This environment for a child on the CPU backend with `num_devices` fake devices (None: one), keeping the
+    suite's other XLA_FLAGS (tests/conftest.py) so children compile like the test process does; `optimized`
+    drops the suite's LLVM -O0 for a child whose run time, not its compile time, dominates."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count") and not (optimized and f == NO_LLVM_OPT)]
+    if num_devices is not None:
+        flags.append(f"--xla_force_host_platform_device_count={num_devices}")
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": " ".join(flags), **extra}
 
 
 def wait_for(proc: subprocess.Popen, marker: str, timeout: float = 120) -> str:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 
 from lrm.training import train as train_mod
 from lrm.training.checkpointing import truncate_metrics
-from process_helpers import wait_for
+from process_helpers import cpu_env, wait_for
 from test_train import _synthetic_store, _tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -201,8 +200,7 @@ _MESH_SAVE = textwrap.dedent("""
 def test_checkpoint_from_8_devices_restores_on_1_device_and_on_a_2x2x2_mesh(tmp_path):
     script = tmp_path / "mesh.py"
     script.write_text(_MESH_SAVE)
-    env8 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    env1 = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    env8, env1 = cpu_env(8), cpu_env()
     outputs = []
     for mode, env in (("save", env8), ("one", env1)):
         proc = subprocess.run([sys.executable, str(script), str(tmp_path), mode], cwd=REPO, env=env,

@@ -9,7 +9,6 @@ float32 summation order (~1e-6 relative per step; we allow 2e-5 after 4 Adam ste
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 
 from data_pipeline.datasets.events import from_user_lists
 from data_pipeline.store import write_store
+from process_helpers import cpu_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,8 +51,7 @@ def _train_losses(workdir: Path) -> list[float]:
 
 def test_two_processes_match_one_process(tmp_path):
     _store(tmp_path / "stores")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "LOG_DIR": str(tmp_path)}
+    env = cpu_env(8, LOG_DIR=str(tmp_path))
     one = subprocess.Popen([sys.executable, "-m", "launch.train", *_flags(tmp_path / "stores", tmp_path / "one")],
                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     two = subprocess.run([str(REPO / "launch" / "local_multiprocess.sh"), "2", "4", "--",

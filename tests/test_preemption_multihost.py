@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from process_helpers import wait_for
+from process_helpers import cpu_env, wait_for
 from test_train import _synthetic_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,10 +65,9 @@ def _start_pair(tmp_path: Path, mode: str, workdir: Path) -> list[subprocess.Pop
     script = tmp_path / "driver.py"
     script.write_text(_DRIVER.format(tests=str(REPO / "tests"), stores=str(tmp_path / "stores"), steps=NUM_STEPS,
                                      check_every=CHECK_EVERY))
-    # The three runs compile the same programs: a persistent compilation cache lets the later two skip that.
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    # The three runs compile the same programs: the session's compilation cache (conftest.py) lets the later
+    # two skip that.
+    env = cpu_env(2)
     port = _free_port()
     return [subprocess.Popen([sys.executable, str(script), str(p), port, mode, str(workdir)], cwd=REPO, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in (0, 1)]

@@ -15,6 +15,7 @@ from configs import tiny
 from data_pipeline.datasets.events import from_user_lists
 from data_pipeline.store import write_store
 from lrm.training import train as train_mod
+from process_helpers import cpu_env
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LRM_TEST_DATA_DIR", REPO.parent / "shared" / "datasets"))
@@ -97,15 +98,17 @@ def test_unknown_config_key_is_an_error(tmp_path):
 @pytest.mark.skipif(not (DATA / "amazon-s3rec" / "Beauty.txt").exists(),
                     reason=f"Amazon Beauty not found under {DATA} (set LRM_TEST_DATA_DIR)")
 def test_short_real_run_beats_most_popular(tmp_path):
-    c = tiny.get_config()
-    c.data.data_root = str(DATA)
-    c.data.store_root = str(tmp_path / "stores")
-    c.data.pack = True
-    c.train.num_epochs = 2
-    c.train.batch_size = 32  # packed rows of 21 slots: ~470 steps in ~25 s on 2 CPU cores
-    c.optim.learning_rate = 3e-3
-    c.train.tensorboard = False
-    results = train_mod.train_and_evaluate(c, tmp_path / "run")
+    # Through the CLI, in a child with XLA's default optimisation: ~470 steps, so run time dominates, not compiles.
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.train", "--config", str(REPO / "configs" / "tiny.py"),
+         "--workdir", str(tmp_path / "run"), f"--config.data.data_root={DATA}",
+         f"--config.data.store_root={tmp_path / 'stores'}", "--config.data.pack=True",
+         "--config.train.num_epochs=2",
+         "--config.train.batch_size=32",  # packed rows of 21 slots: ~470 steps in ~25 s on 2 CPU cores
+         "--config.optim.learning_rate=3e-3", "--config.train.tensorboard=False"],
+        cwd=REPO, env=cpu_env(optimized=True), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
     model_hr = results["valid"]["hr@10"]
     pop_hr = results["popularity_baseline"]["valid"]["hr@10"]
     assert results["time_bias"] is True  # time_intervals/ gives Beauty day-level times
