@@ -1,4 +1,5 @@
-"""Pallas HSTU attention kernels (GPU Triton and TPU Mosaic) in interpret mode against the jnp reference.
+"""Pallas HSTU attention kernels (GPU Triton and TPU Mosaic) against the jnp reference: interpret mode on CPU; on a
+CUDA machine the GPU cases run compiled.
 
 Every case draws fresh random inputs and compares the output and the gradients of q, k, v, both bias
 tables and the dense bias (norm-wise relative error: 1e-5 in f32, 1e-2 in bf16). Shapes are tiny with
@@ -101,8 +102,11 @@ def check_against_reference(fn, case, *, alpha=0.8, norm_len=None):
     assert not bad, f"relative errors above {tol}: {bad} (all: {errors})"
 
 
-GPU = functools.partial(pallas_gpu.hstu_attention, interpret=True, block_sizes=GPUBlockSizes(16, 16, 16, 16))
-GPU_RECT = functools.partial(pallas_gpu.hstu_attention, interpret=True,
+# On a CUDA machine the GPU cases run the compiled Triton kernels (bench/gpu_session.sh); elsewhere, interpret mode.
+GPU_INTERPRET = jax.default_backend() != "gpu"
+GPU = functools.partial(pallas_gpu.hstu_attention, interpret=GPU_INTERPRET,
+                        block_sizes=GPUBlockSizes(16, 16, 16, 16))
+GPU_RECT = functools.partial(pallas_gpu.hstu_attention, interpret=GPU_INTERPRET,
                              block_sizes=GPUBlockSizes(block_q=32, block_k=16, block_q_bwd=16, block_k_bwd=32))
 TPU = functools.partial(pallas_tpu.hstu_attention, interpret=True, block_sizes=TPUBlockSizes(16, 16, 16, 16))
 TPU_RECT = functools.partial(pallas_tpu.hstu_attention, interpret=True,
