@@ -110,13 +110,18 @@ def write_store(seqs: Sequences, out_dir: str | Path, *, protocol: str = "loo-va
             np.save(tmp / f"{name}.npy", a, allow_pickle=False)
         with open(tmp / METADATA_FILE, "w") as f:
             json.dump(metadata, f, indent=2)
-        if out_dir.exists():  # overwrite=True: move the old store aside only once the new one is complete
+        if overwrite and out_dir.exists():  # move the old store aside only once the new one is complete
             old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(out_dir, old)
             os.rename(tmp, out_dir)
             shutil.rmtree(old)
         else:
-            os.rename(tmp, out_dir)
+            try:
+                os.rename(tmp, out_dir)
+            except OSError as e:  # another writer renamed its copy into place after the check above
+                if not out_dir.exists():
+                    raise
+                raise FileExistsError(f"{out_dir} was written by another process meanwhile") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -90,3 +90,66 @@ def test_root_without_raw_files_uses_the_copied_store(tmp_path, monkeypatch):
     assert open_or_build_store(_data_cfg(tmp_path / "empty", stores)).num_events == 7
     monkeypatch.delenv("LRM_DATA_DIR", raising=False)
     assert open_or_build_store(_data_cfg("", stores)).num_events == 7
+
+
+def _build_meanwhile(monkeypatch, module, name, path, root):
+    """Replaces module.name so that its first call first writes the store at `path`, as a concurrent run would."""
+    from data_pipeline.datasets import load_dataset
+    from data_pipeline.store import write_store
+
+    real, calls = getattr(module, name), []
+
+    def racing(*args, **kwargs):
+        if not calls:
+            calls.append(1)
+            monkeypatch.setattr(module, name, real)  # the other process's build uses the real function
+            write_store(load_dataset("ml-1m", root, download=False), path, protocol="reference")
+            calls.append((path / "metadata.json").stat().st_ino)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, racing)
+    return calls
+
+
+def test_store_built_by_a_concurrent_run_is_used(tmp_path, monkeypatch):
+    import lrm.training.data as data_mod
+    root, stores = tmp_path / "data", tmp_path / "stores"
+    _write(root / "ml-1m" / "ratings.dat", RATINGS)
+    cfg = _data_cfg(root, stores)
+    # The other run finishes its store after this one found none and before this one starts writing.
+    other = _build_meanwhile(monkeypatch, data_mod, "load_dataset", store_path(cfg), root)
+    assert open_or_build_store(cfg).num_events == 7
+    assert (store_path(cfg) / "metadata.json").stat().st_ino == other[1]  # the other run's store, kept
+    assert sorted(p.name for p in stores.iterdir()) == ["ml-1m-reference"]  # no temp dir left behind
+
+
+def test_store_renamed_into_place_by_a_concurrent_run_is_used(tmp_path, monkeypatch):
+    import numpy as np
+    root, stores = tmp_path / "data", tmp_path / "stores"
+    _write(root / "ml-1m" / "ratings.dat", RATINGS)
+    cfg = _data_cfg(root, stores)
+    # The other run renames its store into place while this one is writing its arrays.
+    other = _build_meanwhile(monkeypatch, np, "save", store_path(cfg), root)
+    assert open_or_build_store(cfg).num_events == 7
+    assert (store_path(cfg) / "metadata.json").stat().st_ino == other[1]  # not replaced under the other run
+    assert sorted(p.name for p in stores.iterdir()) == ["ml-1m-reference"]
+
+
+def test_concurrent_build_into_a_broken_store_dir_still_fails(tmp_path):
+    root, stores = tmp_path / "data", tmp_path / "stores"
+    _write(root / "ml-1m" / "ratings.dat", RATINGS)
+    cfg = _data_cfg(root, stores)
+    store_path(cfg).mkdir(parents=True)  # a folder without metadata.json is not a store to use
+    with pytest.raises(FileExistsError, match="ml-1m-reference already exists"):
+        open_or_build_store(cfg)
+
+
+def test_concurrent_store_from_other_raw_files_is_caught(tmp_path, monkeypatch):
+    import lrm.training.data as data_mod
+    a, b, stores = tmp_path / "a", tmp_path / "b", tmp_path / "stores"
+    _write(a / "ml-1m" / "ratings.dat", RATINGS)
+    _write(b / "ml-1m" / "ratings.dat", RATINGS.replace("3::10::2::5", "3::40::2::5"))
+    cfg = _data_cfg(b, stores)
+    _build_meanwhile(monkeypatch, data_mod, "load_dataset", store_path(cfg), a)
+    with pytest.raises(StaleStoreError, match="has sha256"):
+        open_or_build_store(cfg)

@@ -63,6 +63,8 @@ def open_or_build_store(data_cfg) -> SequenceStore:
     """The store for (dataset, protocol); preprocesses it from the data root the first time.
 
     An existing store is checked against the raw files under the data root (when one is set and holds them).
+    Runs started together (a sweep, two seeds) may all find it missing: the first to finish writing wins and
+    the others use its store, checked like any cached one.
     """
     path = store_path(data_cfg)
     existed = (path / "metadata.json").exists()
@@ -70,7 +72,13 @@ def open_or_build_store(data_cfg) -> SequenceStore:
         root = resolve_data_root(data_cfg)
         logging.info("building sequence store %s from %s", path, root)
         seqs = load_dataset(data_cfg.dataset, root, download=data_cfg.download)
-        write_store(seqs, path, protocol=data_cfg.protocol)
+        try:
+            write_store(seqs, path, protocol=data_cfg.protocol)
+        except FileExistsError:
+            if not (path / "metadata.json").exists():
+                raise
+            logging.info("sequence store %s was built by another process meanwhile; using it", path)
+            existed = True
     store = SequenceStore.open(path)
     root_setting = _data_root_setting(data_cfg)
     if existed and root_setting and store.dataset in DATASETS:  # a fresh build was just read from these files
