@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from process_helpers import cpu_env
+
 REPO = Path(__file__).resolve().parents[1]
 NUM_ITEMS = 1000  # 1001 rows: padded to 1004 on 4 row shards, 1008 on 8
 B, L, K, D = 16, 11, 16, 32
@@ -180,9 +182,10 @@ def _worker() -> dict:
 
 
 def _run_worker():
-    # LLVM optimisation off halves the CPU compile time; the SPMD partitioning read here happens before it.
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-                               " --xla_backend_optimization_level=0")
+    # The fixture passes cpu_env(8): the suite's XLA flags (LLVM -O0 halves the compile time; the SPMD
+    # partitioning read here happens before it) plus 8 fake devices. Run by hand, it adds the devices itself.
+    if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     sys.path.insert(0, str(REPO))
     out = _worker()
@@ -194,7 +197,7 @@ def _run_worker():
 @pytest.fixture(scope="module")
 def worker() -> dict:
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker"], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+                          env=cpu_env(8), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
