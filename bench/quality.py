@@ -28,12 +28,8 @@ PROTOCOL = {"ml-1m": "reference", "ml-20m": "reference", "books": "reference", "
 COLUMNS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200")
 
 
-def run_one(model: str, dataset: str, out: Path, overrides: dict) -> dict:
-    workdir = out / f"{model}_{dataset}"
-    if (workdir / "results.json").exists():
-        return json.loads((workdir / "results.json").read_text())
-    from lrm.training.train import train_and_evaluate
-
+def build_config(model: str, dataset: str, overrides: dict[str, str]):
+    """The recipe of (model, dataset) under the dataset's protocol, with `--set KEY=VALUE` overrides applied."""
     config = recipe(model, dataset)
     config.data.protocol = PROTOCOL[dataset]
     for key, value in overrides.items():
@@ -44,7 +40,16 @@ def run_one(model: str, dataset: str, out: Path, overrides: dict) -> dict:
         if leaf not in node:
             raise KeyError(f"unknown config key {key!r}")
         node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value in ("1", "true", "True")
-    res = train_and_evaluate(config, workdir)
+    return config
+
+
+def run_one(model: str, dataset: str, out: Path, overrides: dict) -> dict:
+    workdir = out / f"{model}_{dataset}"
+    if (workdir / "results.json").exists():
+        return json.loads((workdir / "results.json").read_text())
+    from lrm.training.train import train_and_evaluate
+
+    res = train_and_evaluate(build_config(model, dataset, overrides), workdir)
     if res.get("preempted"):  # SIGTERM: the trainer saved a checkpoint; the same command resumes from it
         print(f"{workdir}: stopped by SIGTERM at step {res['steps_run']} (checkpoint saved); run the same command "
               "again to resume", file=sys.stderr)
