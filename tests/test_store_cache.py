@@ -111,28 +111,20 @@ def _build_meanwhile(monkeypatch, module, name, path, root):
     return calls
 
 
-def test_store_built_by_a_concurrent_run_is_used(tmp_path, monkeypatch):
+@pytest.mark.parametrize("when", ["before this run writes", "while this run writes its arrays"])
+def test_store_built_by_a_concurrent_run_is_used(tmp_path, monkeypatch, when):
+    import numpy as np
+
     import lrm.training.data as data_mod
     root, stores = tmp_path / "data", tmp_path / "stores"
     _write(root / "ml-1m" / "ratings.dat", RATINGS)
     cfg = _data_cfg(root, stores)
-    # The other run finishes its store after this one found none and before this one starts writing.
-    other = _build_meanwhile(monkeypatch, data_mod, "load_dataset", store_path(cfg), root)
+    # The other run renames its finished store into place after this one found none.
+    module, name = (data_mod, "load_dataset") if when.startswith("before") else (np, "save")
+    other = _build_meanwhile(monkeypatch, module, name, store_path(cfg), root)
     assert open_or_build_store(cfg).num_events == 7
-    assert (store_path(cfg) / "metadata.json").stat().st_ino == other[1]  # the other run's store, kept
+    assert (store_path(cfg) / "metadata.json").stat().st_ino == other[1]  # the other run's store, not replaced
     assert sorted(p.name for p in stores.iterdir()) == ["ml-1m-reference"]  # no temp dir left behind
-
-
-def test_store_renamed_into_place_by_a_concurrent_run_is_used(tmp_path, monkeypatch):
-    import numpy as np
-    root, stores = tmp_path / "data", tmp_path / "stores"
-    _write(root / "ml-1m" / "ratings.dat", RATINGS)
-    cfg = _data_cfg(root, stores)
-    # The other run renames its store into place while this one is writing its arrays.
-    other = _build_meanwhile(monkeypatch, np, "save", store_path(cfg), root)
-    assert open_or_build_store(cfg).num_events == 7
-    assert (store_path(cfg) / "metadata.json").stat().st_ino == other[1]  # not replaced under the other run
-    assert sorted(p.name for p in stores.iterdir()) == ["ml-1m-reference"]
 
 
 def test_concurrent_build_into_a_broken_store_dir_still_fails(tmp_path):
