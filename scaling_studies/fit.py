@@ -80,6 +80,21 @@ def _minimise(f, theta0, max_iter, gtol):
     return th, value, gnorm, gnorm <= gtol
 
 
+def _best_start(obj_RxS: np.ndarray, gnorm_RxS: np.ndarray) -> np.ndarray:
+    """Per row, the start to report: among the starts tied with the lowest objective (within 1e-6 relative: the
+    same optimum up to rounding), the one with the smallest gradient norm.
+
+    A plain argmin of the objective picks among tied starts by their last bits, and can pick one whose line
+    search stalled just short of the stopping rule while the others at the same optimum met it.
+    """
+    obj = np.where(np.isfinite(obj_RxS), obj_RxS, np.inf)
+    lowest = obj.min(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):  # a row with no finite objective: inf - inf, no start tied
+        tied = np.abs(obj - lowest) <= 1e-6 * np.abs(lowest) + 1e-12
+    g = np.where(tied, np.nan_to_num(np.asarray(gnorm_RxS, np.float64), nan=np.inf), np.inf)
+    return np.where(np.isfinite(g.min(axis=1)), g.argmin(axis=1), obj.argmin(axis=1))
+
+
 @jax.jit
 def _lbfgs_many(theta0_SxP, logx_NxM, logy_RxN, w_RxN, delta, max_iter, gtol):
     """Minimise every (resample r, start s) problem; returns thetas [R,S,P], objectives, grad norms, converged.
@@ -210,10 +225,10 @@ def _fit_lse(logx_NxM: np.ndarray, y_N: np.ndarray, term_names: Sequence[tuple[s
         logy = np.log(y_N)
         th, obj, gnorm, ok = (np.asarray(a) for a in _lbfgs_many(
             jnp.asarray(grid), x, jnp.asarray(logy[None]), jnp.ones((1, n)), HUBER_DELTA, max_iter, gtol))
+        best = int(_best_start(obj, gnorm)[0])
         obj = np.where(np.isfinite(obj[0]), obj[0], np.inf)
-        best = int(obj.argmin())
         theta = th[0, best]
-        near = np.abs(obj - obj[best]) <= 1e-6 * abs(obj[best]) + 1e-12
+        near = np.abs(obj - obj.min()) <= 1e-6 * abs(obj.min()) + 1e-12
         fitted = np.asarray(_log_pred(jnp.asarray(theta), x))
         resid = fitted - logy
         # Parametric bootstrap (module docstring): smooth noise of a drawn scale around the fitted curve.
@@ -223,9 +238,9 @@ def _fit_lse(logx_NxM: np.ndarray, y_N: np.ndarray, term_names: Sequence[tuple[s
         # Resample starts: the full-data optimum, and it with E moved to each grid E; the best objective wins.
         starts = np.repeat(theta[None], 1 + len(BOOT_E_FRACTIONS), 0)
         starts[1:, 2 * m] = np.log(y_N.min()) + np.log(BOOT_E_FRACTIONS)
-        bth, bobj, _, bok = (np.asarray(a) for a in _lbfgs_many(
+        bth, bobj, bgnorm, bok = (np.asarray(a) for a in _lbfgs_many(
             jnp.asarray(starts), x, jnp.asarray(logy_RxN), jnp.ones((resamples, n)), HUBER_DELTA, max_iter, gtol))
-    pick = np.where(np.isfinite(bobj), bobj, np.inf).argmin(1)
+    pick = _best_start(bobj, bgnorm)
     theta_R = bth[np.arange(resamples), pick]
     resample_ok = bok[np.arange(resamples), pick]
 
@@ -287,18 +302,19 @@ def profile_e(features: Sequence[np.ndarray], loss: np.ndarray, e_values: Sequen
     with _x64():
         x = jnp.asarray(logx_NxM - logx_NxM.mean(axis=0), jnp.float64)
         logy = jnp.asarray(np.log(y_N))
-        th, obj, _, ok = (np.asarray(a) for a in _lbfgs_many(
+        th, obj, gnorm, ok = (np.asarray(a) for a in _lbfgs_many(
             jnp.asarray(grid), x, logy[None], jnp.ones((1, n)), HUBER_DELTA, max_iter, gtol))
+        best = int(_best_start(obj, gnorm)[0])
         obj = np.where(np.isfinite(obj[0]), obj[0], np.inf)
-        best = int(obj.argmin())
         resid_free = np.asarray(_log_pred(jnp.asarray(th[0, best]), x)) - np.log(y_N)
-        pth, pobj, _, pok = (np.asarray(a) for a in _lbfgs_fixed_e(
+        pth, pobj, pgnorm, pok = (np.asarray(a) for a in _lbfgs_fixed_e(
             jnp.asarray(fixed_starts), x, logy, jnp.asarray(np.log(e)), HUBER_DELTA, max_iter, gtol))
         rows = []
         sparsity = np.sqrt(2 * np.pi) * robust_scale(resid_free, 2 * m + 1)[0]
+        picks = _best_start(pobj, pgnorm)
         for k in range(len(e)):
             o = np.where(np.isfinite(pobj[k]), pobj[k], np.inf)
-            j = int(o.argmin())
+            j = int(picks[k])
             theta = np.concatenate([pth[k, j], [np.log(e[k])]])
             r = np.asarray(_log_pred(jnp.asarray(theta), x)) - np.log(y_N)
             rows.append({"E": float(e[k]), "objective": float(o[j]), "rms_log_residual": float(np.sqrt(np.mean(r ** 2))),

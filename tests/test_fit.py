@@ -122,3 +122,18 @@ def test_profile_e_keeps_the_true_e_and_rejects_far_ones():
         fit.profile_e([N, D], clean, [0.0])
     with pytest.raises(ValueError, match="features and losses must be finite"):
         fit.profile_e([N, D], np.where(np.arange(len(N)) == 3, np.nan, clean), [1.7])
+
+
+def test_best_start_prefers_the_converged_start_among_those_tied_at_the_optimum():
+    # Row 0: three starts at the same optimum up to rounding; the lowest-bits one stalled (gnorm 1e-9).
+    # Row 1: a clearly better objective wins even with a larger gradient. Row 2: nothing finite.
+    obj = np.array([[6.1647e-05 + 2e-18, 6.1647e-05, 6.1647e-05 + 1e-18, 7e-05],
+                    [1.0, 0.5, np.nan, 0.5 + 1e-3],
+                    [np.nan, np.inf, np.nan, np.inf]])
+    gnorm = np.array([[1e-12, 1.1e-9, 3e-13, 1e-15],
+                      [1e-15, 1e-6, 1e-15, 1e-15],
+                      [1.0, 1.0, 1.0, 1.0]])
+    assert fit._best_start(obj, gnorm).tolist() == [2, 1, 0]
+    # a NaN gradient norm at the optimum is not preferred; all NaN falls back to the plain argmin
+    assert fit._best_start(obj[:1], np.array([[np.nan, np.nan, 1e-9, 0.0]])).tolist() == [2]
+    assert fit._best_start(obj[:1], np.full((1, 4), np.nan)).tolist() == [1]
