@@ -80,18 +80,24 @@ def _minimise(f, theta0, max_iter, gtol):
     return th, value, gnorm, gnorm <= gtol
 
 
+def _tied_at_lowest(obj_RxS: np.ndarray) -> np.ndarray:
+    """Per row, the starts whose objective ties the lowest finite one within 1e-6 relative: the same optimum up
+    to rounding."""
+    obj = np.where(np.isfinite(obj_RxS), obj_RxS, np.inf)
+    lowest = obj.min(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):  # a row with no finite objective: inf - inf, no start tied
+        return np.abs(obj - lowest) <= 1e-6 * np.abs(lowest) + 1e-12
+
+
 def _best_start(obj_RxS: np.ndarray, gnorm_RxS: np.ndarray) -> np.ndarray:
-    """Per row, the start to report: among the starts tied with the lowest objective (within 1e-6 relative: the
-    same optimum up to rounding), the one with the smallest gradient norm.
+    """Per row, the start to report: among the starts tied at the lowest objective, the one with the smallest
+    gradient norm.
 
     A plain argmin of the objective picks among tied starts by their last bits, and can pick one whose line
     search stalled just short of the stopping rule while the others at the same optimum met it.
     """
     obj = np.where(np.isfinite(obj_RxS), obj_RxS, np.inf)
-    lowest = obj.min(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore"):  # a row with no finite objective: inf - inf, no start tied
-        tied = np.abs(obj - lowest) <= 1e-6 * np.abs(lowest) + 1e-12
-    g = np.where(tied, np.nan_to_num(np.asarray(gnorm_RxS, np.float64), nan=np.inf), np.inf)
+    g = np.where(_tied_at_lowest(obj), np.nan_to_num(np.asarray(gnorm_RxS, np.float64), nan=np.inf), np.inf)
     return np.where(np.isfinite(g.min(axis=1)), g.argmin(axis=1), obj.argmin(axis=1))
 
 
@@ -226,9 +232,9 @@ def _fit_lse(logx_NxM: np.ndarray, y_N: np.ndarray, term_names: Sequence[tuple[s
         th, obj, gnorm, ok = (np.asarray(a) for a in _lbfgs_many(
             jnp.asarray(grid), x, jnp.asarray(logy[None]), jnp.ones((1, n)), HUBER_DELTA, max_iter, gtol))
         best = int(_best_start(obj, gnorm)[0])
+        near = _tied_at_lowest(obj)[0]
         obj = np.where(np.isfinite(obj[0]), obj[0], np.inf)
         theta = th[0, best]
-        near = np.abs(obj - obj.min()) <= 1e-6 * abs(obj.min()) + 1e-12
         fitted = np.asarray(_log_pred(jnp.asarray(theta), x))
         resid = fitted - logy
         # Parametric bootstrap (module docstring): smooth noise of a drawn scale around the fitted curve.
