@@ -57,13 +57,16 @@ def run_one(model: str, dataset: str, out: Path, overrides: dict) -> dict:
     return res
 
 
-def format_table(rows: list[tuple[str, str, str, dict]]) -> str:
-    """rows: (dataset, model, source, metrics). Markdown, one line per (dataset, model, source)."""
+def format_table(rows: list[tuple[str, str, str, str, dict]]) -> str:
+    """rows: (dataset, protocol, model, source, metrics). Markdown, one line per row.
+
+    The protocol is per row: a run with `--set data.protocol=loo-val` sits beside published numbers measured
+    under the dataset's own protocol, and the table must not present them as comparable."""
     head = "| dataset | protocol | model | source | " + " | ".join(c.upper() for c in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (4 + len(COLUMNS))]
-    for dataset, model, source, metrics in rows:
+    for dataset, protocol, model, source, metrics in rows:
         cells = [f"{metrics[c]:.4f}" if metrics.get(c) is not None else "–" for c in COLUMNS]
-        lines.append(f"| {dataset} | {PROTOCOL[dataset]} | {model} | {source} | " + " | ".join(cells) + " |")
+        lines.append(f"| {dataset} | {protocol} | {model} | {source} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -82,12 +85,12 @@ def main(argv=None) -> None:
         for model in args.models.split(","):
             res = run_one(model, dataset, Path(args.out), overrides)
             note = "" if res["time_bias"] or model == "sasrec" else " (no time bias)"
-            rows.append((dataset, model, f"lrm{note}, step {res['best_step']}", res["test"]))
+            rows.append((dataset, res["protocol"], model, f"lrm{note}, step {res['best_step']}", res["test"]))
             for source, metrics in PUBLISHED.get((dataset, model), []):
-                rows.append((dataset, model, source, metrics))
+                rows.append((dataset, PROTOCOL[dataset], model, source, metrics))
         for (ds, other), published in PUBLISHED.items():  # published models lrm does not train (TIGER, BSARec)
             if ds == dataset and other not in MODELS:
-                rows.extend((dataset, other, source, metrics) for source, metrics in published)
+                rows.extend((dataset, PROTOCOL[dataset], other, source, metrics) for source, metrics in published)
     print(format_table(rows))
 
 

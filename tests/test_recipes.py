@@ -41,3 +41,15 @@ def test_tuned_recipe_only_for_validated_datasets():
 def test_bench_quality_rejects_an_unknown_override():
     with pytest.raises(KeyError, match="optim.warmup_step"):
         build_config("hstu_large", "beauty", {"optim.warmup_step": "10"})
+
+
+def test_quality_table_names_each_rows_protocol():
+    """A loo-val run on ML-1M (reference protocol) is listed under its own protocol, not the dataset's."""
+    from bench.quality import format_table
+
+    metrics = {"hr@10": 0.3, "ndcg@10": 0.17}
+    lines = format_table([("ml-1m", "loo-val", "hstu_large", "lrm, step 10", metrics),
+                          ("ml-1m", "reference", "hstu_large", "published", metrics)]).splitlines()
+    assert lines[2].startswith("| ml-1m | loo-val | hstu_large | lrm, step 10 |")
+    assert lines[3].startswith("| ml-1m | reference | hstu_large | published |")
+    assert "| 0.3000 |" in lines[2] and lines[2].count("–") == 6
