@@ -20,11 +20,9 @@ import sys
 from pathlib import Path
 
 from bench.published import PUBLISHED
-from configs.recipes import MODELS, recipe
+from configs.recipes import MODELS, PROTOCOL, recipe
 from lrm.training.exit_codes import PREEMPTED
 
-PROTOCOL = {"ml-1m": "reference", "ml-20m": "reference", "books": "reference", "beauty": "loo-val",
-            "sports": "loo-val"}
 COLUMNS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200")
 
 

@@ -5,8 +5,8 @@ import importlib
 
 import pytest
 
-from bench.quality import PROTOCOL, build_config
-from configs.recipes import recipe, tuned
+from bench.quality import build_config, format_table
+from configs.recipes import PROTOCOL, recipe, tuned
 
 # The overrides of the README's Beauty and Sports result commands (README "Quality", docs/benchmarks.md).
 RESULT_COMMANDS = {
@@ -49,8 +49,6 @@ def test_bench_quality_rejects_an_unknown_override():
 
 def test_quality_table_names_each_rows_protocol():
     """A loo-val run on ML-1M (reference protocol) is listed under its own protocol, not the dataset's."""
-    from bench.quality import format_table
-
     metrics = {"hr@10": 0.3, "ndcg@10": 0.17}
     lines = format_table([("ml-1m", "loo-val", "hstu_large", "lrm, step 10", metrics),
                           ("ml-1m", "reference", "hstu_large", "published", metrics)]).splitlines()
