@@ -70,6 +70,22 @@ def test_training_is_deterministic_for_a_seed(tmp_path):
     assert (tmp_path / "a" / "best").exists()
 
 
+def test_eval_cadence_does_not_change_training(tmp_path):
+    """Quality runs thin out evaluations to save time; under the reference protocol (no selection) that must
+    leave the trained model, hence the reported final-step test, unchanged."""
+    _synthetic_store(tmp_path / "stores", protocol="reference")
+    results = {}
+    for name, every in (("often", 0.25), ("once", 100.0)):
+        c = _tiny_config(tmp_path / "stores", eval_every_epochs=every)
+        c.data.protocol = "reference"
+        results[name] = train_mod.train_and_evaluate(c, tmp_path / name)
+    evals = [[r for r in map(json.loads, (tmp_path / n / "metrics.jsonl").read_text().splitlines())
+              if r["split"] != "train"] for n in ("often", "once")]
+    assert len(evals[0]) > len(evals[1]) >= 1  # the cadence really differed
+    assert _losses(tmp_path / "often") == _losses(tmp_path / "once")
+    assert results["often"]["test"] == results["once"]["test"]
+
+
 def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
     _synthetic_store(tmp_path / "stores")
     real = train_mod.sampled_softmax_loss
