@@ -53,9 +53,12 @@ def _tiny_config(store_root: Path, **train):
     return c
 
 
+def _metric_rows(workdir: Path) -> list[dict]:
+    return [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
 def _losses(workdir: Path) -> list[float]:
-    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if r["split"] == "train"]
+    return [r["loss"] for r in _metric_rows(workdir) if r["split"] == "train"]
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path):
@@ -79,8 +82,7 @@ def test_eval_cadence_does_not_change_training(tmp_path):
         c = _tiny_config(tmp_path / "stores", eval_every_epochs=every)
         c.data.protocol = "reference"
         results[name] = train_mod.train_and_evaluate(c, tmp_path / name)
-    evals = [[r for r in map(json.loads, (tmp_path / n / "metrics.jsonl").read_text().splitlines())
-              if r["split"] != "train"] for n in ("often", "once")]
+    evals = [[r for r in _metric_rows(tmp_path / n) if r["split"] != "train"] for n in ("often", "once")]
     assert len(evals[0]) > len(evals[1]) >= 1  # the cadence really differed
     assert _losses(tmp_path / "often") == _losses(tmp_path / "once")
     assert results["often"]["test"] == results["once"]["test"]
