@@ -14,6 +14,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.protocol = "loo-val"  # or "reference" (train on all but the last, test on the last, no validation)
     c.data.max_len = 50  # history events per row; rows hold max_len + 1 slots (history + target)
     c.data.pack = False  # pack several short users into one row
+    c.data.train_windows = "last"  # "last": each user's most recent max_len + 1 train events (the reference);
+    # "all": the whole train part in consecutive max_len + 1 chunks, so histories longer than a row still train
     c.data.prefetch = 2
 
     c.model = ml_collections.ConfigDict()

@@ -1,10 +1,12 @@
 """Grain input pipelines: store → fixed-shape numpy batches (keys and semantics in docs/conventions.md).
 
-Train: per epoch, shuffle the train-eligible users from (seed, epoch), cut each user's train part to its
-most recent `max_len + 1` events, lay them out one user per row (or packed greedily, several users per
-row), pad the row count to a multiple of `process_count * batch_size` with empty rows, and give process p
-the rows p, p + process_count, … . Every process therefore runs the same number of steps per epoch, sees
-disjoint users, and together they see every train event exactly once per epoch.
+Train: cut each train-eligible user's train part into pieces of at most `max_len + 1` events — its most
+recent ones (`windows="last"`, the reference's truncation), or the whole train part in consecutive chunks
+(`windows="all"`) — then per epoch shuffle the pieces from (seed, epoch), lay them out one piece per row (or
+packed greedily, several per row), pad the row count to a multiple of `process_count * batch_size` with empty
+rows, and give process p the rows p, p + process_count, … . Every process therefore runs the same number of
+steps per epoch, sees disjoint pieces (disjoint users with "last"), and together they see every piece exactly
+once per epoch.
 
 The per-epoch layout (a "plan") is computed in numpy from the lengths alone; batches of an epoch are a
 random-access `grain.MapDataset`, so the iterator state is just (epoch, batch) and resuming is exact.
@@ -22,6 +24,7 @@ from data_pipeline import splits
 from data_pipeline.store import SequenceStore
 
 _INT32 = np.iinfo(np.int32)
+WINDOWS = ("last", "all")
 _ROW_KEYS = ("item_ids_BxL", "timestamps_BxL", "target_ids_BxL", "target_timestamps_BxL",
              "segment_ids_BxL", "positions_BxL")
 
@@ -105,27 +108,55 @@ def _pack_rows(counts: np.ndarray, capacity: int) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Pieces:
+    """Train rows' contents before the shuffle: piece p is events [start[p], end[p]) of store user user[p]."""
+    user: np.ndarray  # int64 [P]
+    start: np.ndarray  # int64 [P]
+    end: np.ndarray  # int64 [P]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.end - self.start
+
+
+def _train_pieces(train_len: np.ndarray, row_len: int, windows: str) -> _Pieces:
+    """"last": each eligible user's most recent `row_len` train events. "all": the whole train part cut into
+    consecutive `row_len` chunks counted back from the most recent event (the oldest chunk holds the remainder),
+    so every train event is in exactly one piece; a chunk's last event then targets the next chunk's first."""
+    if windows not in WINDOWS:
+        raise ValueError(f"train windows must be one of {WINDOWS}, got {windows!r}")
+    users = np.flatnonzero(train_len >= 0)
+    t = train_len[users].astype(np.int64)
+    if windows == "last":
+        return _Pieces(users, t - np.minimum(t, row_len), t)
+    counts = -(-t // row_len)
+    first = np.cumsum(counts) - counts
+    k = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first, counts)  # chunk index from the end
+    end = np.repeat(t, counts) - k * row_len
+    return _Pieces(np.repeat(users, counts), np.maximum(end - row_len, 0), end)
+
+
+@dataclasses.dataclass(frozen=True)
 class _EpochPlan:
-    row_offsets: np.ndarray  # int64 [R+1]: users of global row r are row_users[row_offsets[r]:row_offsets[r+1]]
-    row_users: np.ndarray  # int64: user rows of the store, in row then segment order
+    row_offsets: np.ndarray  # int64 [R+1]: pieces of global row r are row_pieces[row_offsets[r]:row_offsets[r+1]]
+    row_pieces: np.ndarray  # int64: piece indices, in row then segment order
     num_batches: int  # per process; rows padded to num_batches * batch_size * process_count
 
 
-def _epoch_plan(train_len: np.ndarray, *, seed: int, epoch: int, row_len: int, pack: bool,
+def _epoch_plan(piece_len: np.ndarray, *, seed: int, epoch: int, row_len: int, pack: bool,
                 batch_size: int, process_count: int) -> _EpochPlan:
-    users = np.flatnonzero(train_len >= 0)
     rng = np.random.default_rng([seed, epoch])
-    users = users[rng.permutation(len(users))]
+    pieces = rng.permutation(len(piece_len)).astype(np.int64)
     if pack:
-        row_of = _pack_rows(np.minimum(train_len[users], row_len), row_len)
-        users = users[np.argsort(row_of, kind="stable")]
+        row_of = _pack_rows(piece_len[pieces], row_len)
+        pieces = pieces[np.argsort(row_of, kind="stable")]
         per_row = np.bincount(row_of, minlength=int(row_of.max()) + 1 if len(row_of) else 0)
     else:
-        per_row = np.ones(len(users), np.int64)
+        per_row = np.ones(len(pieces), np.int64)
     row_offsets = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int64)
     rows_per_step = batch_size * process_count
     num_batches = -(-len(per_row) // rows_per_step)
-    return _EpochPlan(row_offsets, users, num_batches)
+    return _EpochPlan(row_offsets, pieces, num_batches)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,14 +173,19 @@ class _TrainSpec:
     num_epochs: int | None
     prefetch: int
     num_threads: int
+    windows: str
 
     @property
     def row_len(self) -> int:
         return self.max_len + 1
 
+    @functools.cached_property
+    def pieces(self) -> _Pieces:
+        return _train_pieces(self.train_len, self.row_len, self.windows)
+
     def plan(self, epoch: int) -> _EpochPlan:
-        return _epoch_plan(self.train_len, seed=self.seed, epoch=epoch, row_len=self.row_len, pack=self.pack,
-                           batch_size=self.batch_size, process_count=self.process_count)
+        return _epoch_plan(self.pieces.lengths, seed=self.seed, epoch=epoch, row_len=self.row_len,
+                           pack=self.pack, batch_size=self.batch_size, process_count=self.process_count)
 
     def build_batch(self, plan: _EpochPlan, j: int) -> dict[str, np.ndarray]:
         batch = _empty_batch(self.batch_size, self.row_len)
@@ -159,19 +195,20 @@ class _TrainSpec:
             if r >= num_rows:
                 continue  # padding row: lengths 0, no targets
             start = 0
-            for seg, u in enumerate(plan.row_users[plan.row_offsets[r]:plan.row_offsets[r + 1]].tolist(), 1):
-                t = int(self.train_len[u])
-                n = min(t, self.row_len)
-                items, times = self.store.user(u, t - n, t)
+            for seg, p in enumerate(plan.row_pieces[plan.row_offsets[r]:plan.row_offsets[r + 1]].tolist(), 1):
+                u, lo, hi = int(self.pieces.user[p]), int(self.pieces.start[p]), int(self.pieces.end[p])
+                has_next = hi < int(self.train_len[u])  # an earlier chunk: its last event targets the next one's first
+                items, times = self.store.user(u, lo, hi + has_next)
                 times = _times_int32(times, self.store, u)
-                _put_segment(batch, b, start, seg, items, times, shifted=True, last_target=0,
-                             last_target_time=int(times[-1]))
+                n = hi - lo
+                _put_segment(batch, b, start, seg, items[:n], times[:n], shifted=True,
+                             last_target=int(items[n]) if has_next else 0, last_target_time=int(times[-1]))
                 start += n
         return batch
 
     def fingerprint(self) -> dict:
         return {"store": self.store.identity(), "protocol": self.protocol, "seed": self.seed, "max_len": self.max_len,
-                "batch_size": self.batch_size, "pack": self.pack,
+                "batch_size": self.batch_size, "pack": self.pack, "windows": self.windows,
                 "process_index": self.process_index, "process_count": self.process_count}
 
 
@@ -223,6 +260,8 @@ class _TrainIterator(grain.DatasetIterator):
             logging.warning("iterator state has no store identity (older checkpoint); not checked against %s",
                             self._spec.store.path)
             mine.pop("store")
+        if "windows" not in state:  # saved before train windows existed: those pipelines cut "last" windows
+            state = {**state, "windows": "last"}
         diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
         if diff:
             raise ValueError(f"iterator state was saved by a different pipeline; (saved, this) differ: {diff}")
@@ -269,11 +308,13 @@ def make_train_dataset(
     prefetch: int = 2,
     num_threads: int | None = None,
     protocol: str | None = None,
+    windows: str = "last",
 ) -> grain.IterDataset:
     """Train batches for this process; `num_epochs=None` repeats forever. Deterministic for a seed.
 
     `protocol` overrides the store's recorded split protocol; `num_threads` (default: `prefetch`) threads
-    build batches ahead. Rows of lengths 0 pad the last batch of an epoch (none are dropped).
+    build batches ahead; `windows` picks which train events rows hold (module docstring). Rows of lengths 0
+    pad the last batch of an epoch (none are dropped).
     """
     _check_sizes(max_len, batch_size)
     if seed < 0:
@@ -284,9 +325,11 @@ def make_train_dataset(
         raise ValueError(f"prefetch must be >= 0, got {prefetch}")
     pi, pc = _resolve_processes(process_index, process_count)
     protocol = protocol or store.protocol
+    if windows not in WINDOWS:
+        raise ValueError(f"train windows must be one of {WINDOWS}, got {windows!r}")
     spec = _TrainSpec(store, protocol, _train_len(store, protocol), int(max_len), int(batch_size), int(seed),
                       bool(pack), pi, pc, num_epochs, int(prefetch),
-                      int(prefetch if num_threads is None else num_threads))
+                      int(prefetch if num_threads is None else num_threads), windows)
     return _TrainIterDataset(spec)
 
 
@@ -300,8 +343,9 @@ def train_epoch_size(
     epoch: int = 0,
     process_count: int | None = None,
     protocol: str | None = None,
+    windows: str = "last",
 ) -> dict[str, int]:
-    """Users, tokens, rows and batches (= steps, the same on every process) of one train epoch.
+    """Users, pieces, tokens, rows and batches (= steps, the same on every process) of one train epoch.
 
     Without packing this does not depend on seed/epoch; with packing the row count of `epoch` is given
     (it varies slightly from epoch to epoch with the shuffle).
@@ -309,13 +353,14 @@ def train_epoch_size(
     _check_sizes(max_len, batch_size)
     pc = _resolve_processes(None, None)[1] if process_count is None else int(process_count)
     train_len = _train_len(store, protocol)
-    plan = _epoch_plan(train_len, seed=seed, epoch=epoch, row_len=max_len + 1, pack=pack,
+    pieces = _train_pieces(train_len, max_len + 1, windows)
+    plan = _epoch_plan(pieces.lengths, seed=seed, epoch=epoch, row_len=max_len + 1, pack=pack,
                        batch_size=batch_size, process_count=pc)
-    eligible = train_len[train_len >= 0]
     rows = len(plan.row_offsets) - 1
     return {
-        "users": int(eligible.size),
-        "tokens": int(np.minimum(eligible, max_len + 1).sum()),
+        "users": int((train_len >= 0).sum()),
+        "pieces": int(len(pieces.user)),
+        "tokens": int(pieces.lengths.sum()),
         "rows": rows,
         "padding_rows": plan.num_batches * batch_size * pc - rows,
         "batches": plan.num_batches,

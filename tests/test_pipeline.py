@@ -139,6 +139,81 @@ def test_two_processes_are_disjoint_and_cover_all(store, pack):
     assert size["batches"] == len(per_proc[0])
 
 
+def _all_window_segments(store, batches):
+    """{user: [segment item lists]} over all rows, checking each segment's targets against the user's train part."""
+    owner = _event_user(store)
+    train = splits.train_lengths(store.lengths, store.protocol)
+    segments = {}
+    for batch in batches:
+        for b in range(batch["lengths_B"].shape[0]):
+            n = batch["lengths_B"][b]
+            assert not batch["item_ids_BxL"][b, n:].any()
+            seg = batch["segment_ids_BxL"][b, :n]
+            for s in np.unique(seg):
+                idx = np.flatnonzero(seg == s)
+                items = batch["item_ids_BxL"][b, idx]
+                u = int(owner[items[0] - 1])
+                assert (owner[items - 1] == u).all() and (np.diff(items) == 1).all()
+                assert len(idx) <= L
+                np.testing.assert_array_equal(batch["positions_BxL"][b, idx], np.arange(len(idx)))
+                user_items = store.user(u)[0][:train[u]]
+                k = int(np.flatnonzero(user_items == items[-1])[0])  # index of the segment's last event
+                nxt = user_items[k + 1] if k + 1 < train[u] else 0  # the next train event, if any, is its target
+                np.testing.assert_array_equal(batch["target_ids_BxL"][b, idx], np.append(items[1:], nxt))
+                nxt_time = 1_000_000 + 10 * ((nxt or items[-1]) - 1)
+                np.testing.assert_array_equal(batch["target_timestamps_BxL"][b, idx],
+                                              np.append(1_000_000 + 10 * (items[1:] - 1), nxt_time))
+                segments.setdefault(u, []).append(items.tolist())
+    return segments
+
+
+@pytest.mark.parametrize("pack", [False, True])
+@pytest.mark.parametrize("protocol", ["loo-val", "reference"])
+def test_all_windows_train_every_event_once_in_chunks_from_the_most_recent(store, ref_store, pack, protocol):
+    s = store if protocol == "loo-val" else ref_store
+    train = splits.train_lengths(s.lengths, protocol)
+    per_proc = [list(_train(s, pack=pack, num_epochs=1, windows="all", process_index=p, process_count=2))
+                for p in (0, 1)]
+    assert len(per_proc[0]) == len(per_proc[1])
+    segs = {}
+    for b in per_proc:  # a user's chunks may land on different processes; each event on exactly one
+        for u, chunks in _all_window_segments(s, b).items():
+            segs.setdefault(u, []).extend(chunks)
+    assert set(segs) == set(np.flatnonzero(train >= 0).tolist())
+    assert any(len(v) > 1 for v in segs.values()), "the fixture must have users longer than a row"
+    for u, chunks in segs.items():
+        chunks = sorted(chunks)
+        assert sum(chunks, []) == store.user(u)[0][:train[u]].tolist(), f"user {u}: every train event once"
+        assert all(len(c) == L for c in chunks[1:]), "only the oldest chunk is short"
+    size = pipeline.train_epoch_size(s, max_len=MAX_LEN, batch_size=4, pack=pack, seed=7, process_count=2,
+                                     windows="all")
+    assert size["batches"] == len(per_proc[0])
+    assert size["tokens"] == int(train[train >= 0].sum())
+    assert size["pieces"] == sum(len(v) for v in segs.values())
+    last = pipeline.train_epoch_size(s, max_len=MAX_LEN, batch_size=4, pack=pack, seed=7, process_count=2)
+    assert last["pieces"] == last["users"] == size["users"] and last["tokens"] < size["tokens"]
+
+
+def test_train_windows_are_checked_and_part_of_the_state(store):
+    with pytest.raises(ValueError, match="windows must be one of"):
+        _train(store, windows="recent")
+    with pytest.raises(ValueError, match="windows must be one of"):
+        pipeline.train_epoch_size(store, max_len=MAX_LEN, batch_size=4, process_count=1, windows="")
+    it = iter(_train(store, windows="all"))
+    next(it)
+    with pytest.raises(ValueError, match="different pipeline.*windows"):
+        iter(_train(store)).set_state(it.get_state())
+    # A state saved before windows existed came from a "last" pipeline.
+    last = iter(_train(store))
+    next(last)
+    old = {k: v for k, v in last.get_state().items() if k != "windows"}
+    it2 = iter(_train(store))
+    it2.set_state(old)
+    _same([next(it2)], [next(last)])
+    with pytest.raises(ValueError, match="different pipeline.*windows"):
+        iter(_train(store, windows="all")).set_state(old)
+
+
 @pytest.mark.parametrize("pack", [False, True])
 def test_deterministic_and_reshuffled_per_epoch(store, pack):
     n = pipeline.train_epoch_size(store, max_len=MAX_LEN, batch_size=4, pack=pack, process_count=1)["batches"]
@@ -151,9 +226,9 @@ def test_deterministic_and_reshuffled_per_epoch(store, pack):
     assert _check_train_batches(store, a[n:2 * n], pack=pack) == _expected_train(store)
 
 
-@pytest.mark.parametrize("pack", [False, True])
-def test_state_restore_continues_identically(store, pack):
-    ds = _train(store, pack=pack, num_epochs=3)
+@pytest.mark.parametrize("pack,windows", [(False, "last"), (True, "last"), (True, "all")])
+def test_state_restore_continues_identically(store, pack, windows):
+    ds = _train(store, pack=pack, num_epochs=3, windows=windows)
     full = list(iter(ds))
     n = len(full) // 3
     for k in (0, 3, n - 1, n, n + 2):

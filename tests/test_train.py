@@ -88,6 +88,27 @@ def test_eval_cadence_does_not_change_training(tmp_path):
     assert results["often"]["test"] == results["once"]["test"]
 
 
+def test_all_train_windows_reach_the_trainer(tmp_path):
+    """With rows shorter than most histories, `data.train_windows="all"` trains on every train event: more steps
+    per epoch than the most-recent window, as many as the pipeline counts."""
+    from data_pipeline.pipeline import train_epoch_size
+    from data_pipeline.store import SequenceStore
+
+    _synthetic_store(tmp_path / "stores")
+    store = SequenceStore.open(tmp_path / "stores" / "synthetic-test-loo-val")
+    steps = {}
+    for windows in ("last", "all"):
+        c = _tiny_config(tmp_path / "stores", num_steps=0, num_epochs=2, log_every_steps=1)
+        c.data.max_len, c.model.max_seq_len, c.data.train_windows = 4, 5, windows
+        train_mod.train_and_evaluate(c, tmp_path / windows)
+        last = [r for r in _metric_rows(tmp_path / windows) if r["split"] == "train"][-1]
+        size = train_epoch_size(store, max_len=4, batch_size=16, process_count=1, windows=windows)
+        assert last["step"] == 2 * size["batches"], windows
+        assert last["tokens_seen"] == 2 * size["tokens"], windows  # the batches really held these windows
+        steps[windows] = last["step"]
+    assert steps["all"] > steps["last"]
+
+
 def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
     _synthetic_store(tmp_path / "stores")
     real = train_mod.sampled_softmax_loss

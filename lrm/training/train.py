@@ -115,7 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         return compile_report.run(config, store.num_items, make_train_step)
     local_batch = sharded.process_batch_size(config.train.batch_size)
     steps_per_epoch = train_epoch_size(store, max_len=config.data.max_len, batch_size=local_batch,
-                                       pack=config.data.pack, seed=config.seed,
+                                       pack=config.data.pack, seed=config.seed, windows=config.data.train_windows,
                                        process_count=jax.process_count())["batches"]
     total_steps = config.train.num_steps or int(math.ceil(config.train.num_epochs * steps_per_epoch))
     eval_every = max(int(round(config.train.eval_every_epochs * steps_per_epoch)), 1)
@@ -132,7 +132,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     select_split = "valid" if has_valid else "test"
 
     train_ds = make_train_dataset(store, max_len=config.data.max_len, batch_size=local_batch,
-                                  seed=config.seed, pack=config.data.pack, prefetch=config.data.prefetch)
+                                  seed=config.seed, pack=config.data.pack, prefetch=config.data.prefetch,
+                                  windows=config.data.train_windows)
     writer = MetricsWriter(workdir, tensorboard=config.train.tensorboard)
     logging.info("dataset %s (%d users, %d items), protocol %s, %d steps (%d/epoch), eval every %d",
                  store.dataset, store.num_users, store.num_items, store.protocol, total_steps, steps_per_epoch,
