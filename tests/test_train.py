@@ -94,6 +94,10 @@ def test_all_train_windows_reach_the_trainer(tmp_path):
     from data_pipeline.pipeline import train_epoch_size
     from data_pipeline.store import SequenceStore
 
+    bad = _tiny_config(tmp_path / "stores")
+    bad.data.train_windows = "recent"
+    with pytest.raises(ValueError, match="unknown data.train_windows 'recent'; known: last, all"):
+        train_mod.train_and_evaluate(bad, tmp_path / "bad")
     _synthetic_store(tmp_path / "stores")
     store = SequenceStore.open(tmp_path / "stores" / "synthetic-test-loo-val")
     steps = {}

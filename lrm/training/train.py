@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from data_pipeline.pipeline import make_train_dataset, train_epoch_size
+from data_pipeline.pipeline import WINDOWS, make_train_dataset, train_epoch_size
 from data_pipeline.splits import split_report
 from lrm.losses import full_softmax_loss, sampled_softmax_loss
 from lrm.models import build_model
@@ -73,6 +73,8 @@ def _validate_config(config: ml_collections.ConfigDict) -> None:
     if config.model.max_seq_len < config.data.max_len + 1:
         raise ValueError(f"model.max_seq_len={config.model.max_seq_len} must be >= data.max_len + 1 "
                          f"= {config.data.max_len + 1} (rows hold max_len history events plus the target)")
+    if config.data.train_windows not in WINDOWS:
+        raise ValueError(f"unknown data.train_windows {config.data.train_windows!r}; known: {', '.join(WINDOWS)}")
     for name in ("batch_size", "log_every_steps"):
         if config.train[name] <= 0:
             raise ValueError(f"train.{name} must be positive, got {config.train[name]}")
@@ -87,7 +89,8 @@ def _check_finite(step: int, loss, schedule, last_eval_step: int) -> None:
 
 
 def _batch_counts(batch: dict) -> tuple[int, int]:
-    """(users, real tokens) in a train batch; packed rows hold several users."""
+    """(examples, real tokens) in a train batch: an example is a row segment, i.e. a user's window (packed rows
+    hold several; with `data.train_windows="all"` a long history is several examples)."""
     return int(np.asarray(batch["segment_ids_BxL"]).max(axis=1).sum()), int(np.asarray(batch["lengths_B"]).sum())
 
 
