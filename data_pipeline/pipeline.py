@@ -325,11 +325,10 @@ def make_train_dataset(
         raise ValueError(f"prefetch must be >= 0, got {prefetch}")
     pi, pc = _resolve_processes(process_index, process_count)
     protocol = protocol or store.protocol
-    if windows not in WINDOWS:
-        raise ValueError(f"train windows must be one of {WINDOWS}, got {windows!r}")
     spec = _TrainSpec(store, protocol, _train_len(store, protocol), int(max_len), int(batch_size), int(seed),
                       bool(pack), pi, pc, num_epochs, int(prefetch),
                       int(prefetch if num_threads is None else num_threads), windows)
+    spec.pieces  # cut (and check `windows`) now, not on the first batch
     return _TrainIterDataset(spec)
 
 
