@@ -7,6 +7,9 @@ runs' selected parameters on the SAME users and resampling users (paired bootstr
 whether a difference is larger than the second; seeds are still needed for the first. Each run's metrics
 are recomputed from its saved parameters and must equal its results.json, so the comparison is of exactly
 the models the runs reported.
+
+`--users FILE` compares on a segment of the held-out users only (FILE: source user ids, one per line, as in
+the raw data), e.g. the users whose test event shares its second with the event before it.
 """
 from __future__ import annotations
 
@@ -19,8 +22,37 @@ import numpy as np
 METRICS = ("hr@5", "hr@10", "ndcg@10", "hr@50", "mrr")
 
 
+def read_user_ids(path: str | Path) -> list[str]:
+    """Source user ids of a segment file, one per line (blank lines skipped); duplicates are an error."""
+    ids = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not ids:
+        raise ValueError(f"{path}: no user ids")
+    if len(set(ids)) != len(ids):
+        dup = next(u for u in ids if ids.count(u) > 1)
+        raise ValueError(f"{path}: user id {dup!r} is listed twice")
+    return ids
+
+
+def segment_mask(run, user_ids: list[str], split: str) -> np.ndarray:
+    """Which of `run`'s scored users (store rows `run.users_U`) the source ids name; an id that is no scored
+    user of the run's store is an error, not a silent drop."""
+    from data_pipeline.store import SequenceStore
+    from lrm.training.data import store_path
+
+    store = SequenceStore.open(store_path(run.config.data))
+    source_U = np.asarray([str(store.user_ids[u].item()) for u in run.users_U])
+    index = {u: i for i, u in enumerate(source_U)}
+    missing = [u for u in user_ids if u not in index]
+    if missing:
+        raise ValueError(f"{len(missing)} listed users are not {split} users of {store.path} "
+                         f"(first: {missing[:3]})")
+    mask = np.zeros(source_U.size, bool)
+    mask[[index[u] for u in user_ids]] = True
+    return mask
+
+
 def compare(workdir_a: str | Path, workdir_b: str | Path, *, split: str = "test", metrics=METRICS,
-            num_resamples: int = 2000, seed: int = 0) -> dict:
+            num_resamples: int = 2000, seed: int = 0, users: list[str] | None = None) -> dict:
     from lrm.metrics import paired_bootstrap
     from lrm.training.evaluate import rank_run, reproduction_error
 
@@ -42,15 +74,19 @@ def compare(workdir_a: str | Path, workdir_b: str | Path, *, split: str = "test"
         if (why := reproduction_error(run, split)) is not None:
             raise ValueError(f"{w}: {why}")
     ranks_a, ranks_b = a.ranks_U, b.ranks_U
-    return {"split": split, "num_users": int(len(a.users_U)), "num_resamples": num_resamples, "seed": seed,
-            "a": str(workdir_a), "b": str(workdir_b),
+    if users is not None:
+        keep = segment_mask(a, users, split)
+        ranks_a, ranks_b = ranks_a[keep], ranks_b[keep]
+    return {"split": split, "num_users": int(len(ranks_a)), "num_resamples": num_resamples, "seed": seed,
+            "a": str(workdir_a), "b": str(workdir_b), "segment": users is not None,
             "metrics": paired_bootstrap(ranks_a, ranks_b, tuple(metrics), num_resamples=num_resamples,
                                         seed=seed, max_rank=max_rank_a)}
 
 
 def format_table(result: dict) -> str:
     lines = [f"A = {result['a']}", f"B = {result['b']}",
-             f"{result['split']} split, {result['num_users']} users, paired bootstrap over users "
+             f"{result['split']} split, {result['num_users']} users"
+             f"{' (the listed segment)' if result.get('segment') else ''}, paired bootstrap over users "
              f"({result['num_resamples']} resamples, seed {result['seed']})", "",
              "| metric | A | B | A − B | (A − B) / B | 95% interval of A − B | resamples with A − B on the other side of 0 |",
              "|---|---|---|---|---|---|---|"]
@@ -68,10 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", default=",".join(METRICS), help="comma-separated: hr@K, ndcg@K, mrr")
     ap.add_argument("--resamples", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--users", help="compare on these users only: a file of source user ids, one per line")
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args(argv)
     result = compare(args.run_a, args.run_b, split=args.split, metrics=tuple(args.metrics.split(",")),
-                     num_resamples=args.resamples, seed=args.seed)
+                     num_resamples=args.resamples, seed=args.seed,
+                     users=None if args.users is None else read_user_ids(args.users))
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

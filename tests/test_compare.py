@@ -118,3 +118,36 @@ def test_compare_refuses_runs_it_cannot_pair(two_runs, tmp_path):
         compare.compare(two_runs / "run0", other_root / "run")
     with pytest.raises(FileNotFoundError, match="finished training workdir"):
         compare.compare(tmp_path / "nothing", two_runs / "run1")
+
+
+def test_compare_on_a_user_segment(two_runs, tmp_path, capsys):
+    from lrm.metrics import per_user_metric
+    from lrm.training.evaluate import rank_run
+
+    a, b = two_runs / "run0", two_runs / "run1"
+    full_a, full_b = (rank_run(w, ("test",))["test"] for w in (a, b))
+    segment = [str(u) for u in range(1, 97, 3)]  # source ids of the synthetic store's users 1..96
+    rows = np.asarray([int(u) - 1 for u in segment])  # its rows hold users 1..96 in order
+    seg = tmp_path / "users.txt"
+    seg.write_text("\n".join(segment) + "\n\n")
+    compare.main([str(a), str(b), "--metrics", "hr@10,mrr", "--users", str(seg), "--json", str(tmp_path / "c.json")])
+    assert f"test split, {len(segment)} users (the listed segment)" in capsys.readouterr().out
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["num_users"] == len(segment)
+    for name in ("hr@10", "mrr"):
+        m = result["metrics"][name]
+        want_a = per_user_metric(full_a.ranks_U[np.isin(full_a.users_U, rows)], name).mean()
+        want_b = per_user_metric(full_b.ranks_U[np.isin(full_b.users_U, rows)], name).mean()
+        assert m["a"] == pytest.approx(want_a, abs=1e-12) and m["b"] == pytest.approx(want_b, abs=1e-12)
+    # A segment that differs from all users gives other numbers than the whole split (the filter acts).
+    whole = compare.compare(a, b, metrics=("mrr",))["metrics"]["mrr"]
+    assert whole["a"] != result["metrics"]["mrr"]["a"]
+    seg.write_text("1\n999\n")
+    with pytest.raises(ValueError, match="1 listed users are not test users"):
+        compare.compare(a, b, users=compare.read_user_ids(seg))
+    seg.write_text("4\n7\n4\n")
+    with pytest.raises(ValueError, match="'4' is listed twice"):
+        compare.read_user_ids(seg)
+    seg.write_text("\n")
+    with pytest.raises(ValueError, match="no user ids"):
+        compare.read_user_ids(seg)
