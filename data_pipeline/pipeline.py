@@ -67,16 +67,16 @@ def _put_segment(batch: dict, b: int, start: int, segment: int, items: np.ndarra
     """Writes one user's tokens at slots [start, start+n) of row b.
 
     `shifted`: token t predicts token t+1 (train); otherwise only the last token has a target (eval).
-    The last token's target is `last_target` (0 = none) at `last_target_time`.
+    The last token's target is `last_target` (0 = none) at `last_target_time`. Either way token t queries the
+    time bias at its next event's time (`ts[t+1]`, known in eval too), so a history reads the same in both.
     """
     n = len(items)
     s = slice(start, start + n)
     batch["item_ids_BxL"][b, s] = items
     batch["timestamps_BxL"][b, s] = times
-    batch["target_timestamps_BxL"][b, s] = times
+    batch["target_timestamps_BxL"][b, start:start + n - 1] = times[1:]
     if shifted:
         batch["target_ids_BxL"][b, start:start + n - 1] = items[1:]
-        batch["target_timestamps_BxL"][b, start:start + n - 1] = times[1:]
     batch["target_ids_BxL"][b, start + n - 1] = last_target
     batch["target_timestamps_BxL"][b, start + n - 1] = last_target_time
     batch["segment_ids_BxL"][b, s] = segment

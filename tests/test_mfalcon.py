@@ -46,12 +46,12 @@ def histories(lengths: list[int], N: int, seed: int = 0) -> tuple[np.ndarray, np
 
 def ordinary_row(ids, ts, query, n, L, candidate=None) -> dict:
     """The ordinary batch row (no candidate machinery), built by hand in L slots: history[:n], then
-    `candidate` (if any) as the next event at position n and time `query`; slot n-1 queries at `query`."""
+    `candidate` (if any) as the next event at position n and time `query`. Each slot queries the time bias
+    at its next event's time: slot n-1 (and the candidate) at `query`."""
     row_ids, row_ts = ids[:n], ts[:n]
     if candidate is not None:
         row_ids, row_ts = np.append(row_ids, candidate), np.append(row_ts, query)
-    query_ts = row_ts.copy()
-    query_ts[n - 1] = query
+    query_ts = np.append(ts[1:n], [query] * (len(row_ids) - n + 1))
     k = len(row_ids)
     pad = lambda x: np.pad(np.asarray(x, np.int32), (0, L - k))  # noqa: E731
     return {"item_ids_BxL": pad(row_ids), "timestamps_BxL": pad(row_ts), "target_ids_BxL": pad(np.zeros(k)),
@@ -126,8 +126,9 @@ def test_candidate_mask_and_layout():
     np.testing.assert_array_equal(batch["item_ids_BxL"], [[ids[0, 0], ids[0, 1], 7, 8, 0], [*ids[1], 9, 9]])
     np.testing.assert_array_equal(batch["positions_BxL"], [[0, 1, 2, 2, 0], [0, 1, 2, 3, 3]])
     np.testing.assert_array_equal(batch["timestamps_BxL"][1], [*ts[1], query[1], query[1]])
-    np.testing.assert_array_equal(batch["target_timestamps_BxL"][1], [ts[1, 0], ts[1, 1], query[1], query[1],
+    np.testing.assert_array_equal(batch["target_timestamps_BxL"][1], [ts[1, 1], ts[1, 2], query[1], query[1],
                                                                       query[1]])
+    np.testing.assert_array_equal(batch["target_timestamps_BxL"][0], [ts[0, 1], query[0], query[0], query[0], 0])
     np.testing.assert_array_equal(batch["lengths_B"], [4, 5])
     mask = np.asarray(attention_mask_BxLxL(batch["segment_ids_BxL"], num_targets_B=jnp.asarray([2, 2])))
     np.testing.assert_array_equal(mask[0, 3], [1, 1, 0, 1, 0])  # the 2nd candidate: history and itself

@@ -308,8 +308,9 @@ def _check_eval(store, split, protocol, batches_per_process):
                 target = np.zeros(L, np.int32)
                 target[n - 1] = items[h]
                 np.testing.assert_array_equal(batch["target_ids_BxL"][b], target)
-                tts = batch["timestamps_BxL"][b].copy()
-                tts[n - 1] = times[h]
+                # every history slot queries the time bias at its next event's time, the last at the target's
+                tts = np.zeros(L, np.int64)
+                tts[:n] = times[h - n + 1:h + 1]
                 np.testing.assert_array_equal(batch["target_timestamps_BxL"][b], tts)
                 np.testing.assert_array_equal(batch["segment_ids_BxL"][b], np.arange(L) < n)
                 np.testing.assert_array_equal(batch["positions_BxL"][b], np.where(np.arange(L) < n, np.arange(L), 0))
@@ -362,3 +363,48 @@ def test_eval_max_users_is_the_first_eligible_users_and_train_counts_match_a_per
             np.add.at(expected, st.user(u)[0][:t], 1)
     np.testing.assert_array_equal(train_item_counts(st), expected)
     assert expected.sum() > 0
+
+
+def test_a_history_reads_the_same_in_train_and_eval_rows(tmp_path):
+    """A history slot's output depends on the events up to it and on the time it queries the time bias at
+    (its next event's, `ts[i+1]`): an eval row must give the outputs the train row of the same events gives,
+    or a model is scored on inputs it was not trained on."""
+    import jax.numpy as jnp
+    import ml_collections
+    from flax import nnx
+
+    from lrm.models import build_model
+
+    rng = np.random.default_rng(0)
+    lengths = [5, 7, 8]  # loo-val train parts of 3, 5, 6 events: one train row each, the eval rows' histories
+    gaps = [0, 0, 5, 3600, 86_400 * 40]  # same-second bursts, minutes, months: different time buckets
+    items, times, next_id = [], [], 1
+    for n in lengths:
+        items.append(np.arange(next_id, next_id + n))
+        next_id += n
+        times.append(1_000_000 + np.cumsum(rng.choice(gaps, size=n)))
+    seqs = from_user_lists("toy", list(range(len(lengths))), items, times, None, num_items=next_id - 1,
+                           item_raw_ids=None, source_files={})
+    write_store(seqs, tmp_path / "s", protocol="loo-val")
+    store = SequenceStore.open(tmp_path / "s")
+    train = next(iter(_train(store, batch_size=3, num_epochs=1)))
+    evals = pipeline.make_eval_dataset(store, split="valid", max_len=MAX_LEN, batch_size=3, process_index=0,
+                                       process_count=1)[0]
+    cfg = ml_collections.ConfigDict(dict(name="hstu", embed_dim=8, num_blocks=2, num_heads=2, head_dim=3,
+                                         max_seq_len=L, dropout=0.0, attention_impl="xla"))
+    model = build_model(cfg, num_items=next_id - 1, rngs=nnx.Rngs(params=0))
+
+    def outputs(batch):
+        return np.asarray(model({k: jnp.asarray(v) for k, v in batch.items() if k in INT32_KEYS | {"lengths_B"}},
+                                deterministic=True))
+
+    out_train, out_eval = outputs(train), outputs(evals)
+    own_time = dict(evals, target_timestamps_BxL=evals["timestamps_BxL"])  # each slot at its own time
+    out_own = outputs(own_time)
+    for b in range(3):
+        n = int(evals["lengths_B"][b])
+        r = next(r for r in range(3) if np.array_equal(train["item_ids_BxL"][r, :n], evals["item_ids_BxL"][b, :n]))
+        np.testing.assert_array_equal(evals["target_timestamps_BxL"][b, :n - 1], train["target_timestamps_BxL"][r, :n - 1])
+        np.testing.assert_allclose(out_eval[b, :n - 1], out_train[r, :n - 1], rtol=1e-5, atol=1e-6)
+        # not vacuous: querying at the slots' own times gives other outputs
+        assert not np.allclose(out_own[b, :n - 1], out_train[r, :n - 1], rtol=1e-3, atol=1e-4)

@@ -41,7 +41,7 @@ def candidate_batch(item_ids_BxN: jax.Array, timestamps_BxN: jax.Array, query_ti
     Histories are right-padded with id 0 (length n = number of non-zero ids; rows need n >= 1). Each
     candidate takes the place of the next event: position n and time `query_time_B`. The last history slot
     queries the time bias at `query_time_B` (its next event is the candidate), other history slots at their
-    own time, as in eval rows and the serving encoder.
+    next event's time, as in train and eval rows and the serving encoder.
     """
     B, N = item_ids_BxN.shape
     M = candidates_BxM.shape[1]
@@ -62,7 +62,9 @@ def candidate_batch(item_ids_BxN: jax.Array, timestamps_BxN: jax.Array, query_ti
 
     ids_BxL = place(item_ids_BxN, jnp.take_along_axis(candidates_BxM.astype(jnp.int32), candidate_slot_BxL, axis=1))
     ts_BxL = place(timestamps_BxN, query_BxL)
-    query_ts_BxL = jnp.where(in_candidates_BxL | (slot_BxL == n_Bx1 - 1), query_BxL, ts_BxL)
+    next_ts_BxL = jnp.concatenate([ts_BxL[:, 1:], jnp.zeros_like(ts_BxL[:, :1])], axis=1)
+    query_ts_BxL = jnp.where(in_candidates_BxL | (slot_BxL == n_Bx1 - 1), query_BxL,
+                             jnp.where(in_history_BxL, next_ts_BxL, 0))
     positions_BxL = jnp.where(in_history_BxL, slot_BxL, jnp.where(in_candidates_BxL, n_Bx1, 0))
     return {"item_ids_BxL": ids_BxL, "timestamps_BxL": ts_BxL, "target_ids_BxL": jnp.zeros_like(ids_BxL),
             "target_timestamps_BxL": query_ts_BxL,

@@ -43,15 +43,17 @@ def config_hash(config: dict) -> str:
 def make_batch(item_ids_BxN: jax.Array, timestamps_BxN: jax.Array, query_time_B: jax.Array) -> dict[str, jax.Array]:
     """A model batch (docs/conventions.md) from right-padded histories, one row per user.
 
-    As in eval rows, slot len-1 queries at `query_time_B` (the time of the event to predict) and every
-    other slot at its own time (it has no target).
+    As in train and eval rows, slot len-1 queries the time bias at `query_time_B` (the time of the event to
+    predict) and every other slot at its next event's time.
     """
     B, N = item_ids_BxN.shape
     lengths_B = jnp.sum(item_ids_BxN != 0, axis=1).astype(jnp.int32)
     slot_BxN = jnp.broadcast_to(jnp.arange(N, dtype=jnp.int32), (B, N))
     valid_BxN = slot_BxN < lengths_B[:, None]
     ts_BxN = jnp.where(valid_BxN, timestamps_BxN, 0).astype(jnp.int32)
-    query_ts_BxN = jnp.where(slot_BxN == lengths_B[:, None] - 1, query_time_B[:, None], ts_BxN)
+    next_ts_BxN = jnp.concatenate([ts_BxN[:, 1:], jnp.zeros_like(ts_BxN[:, :1])], axis=1)
+    query_ts_BxN = jnp.where(slot_BxN == lengths_B[:, None] - 1, query_time_B[:, None].astype(jnp.int32),
+                             next_ts_BxN)
     ids_BxN = item_ids_BxN.astype(jnp.int32)
     return {"item_ids_BxL": ids_BxN, "timestamps_BxL": ts_BxN, "target_ids_BxL": jnp.zeros_like(ids_BxN),
             "target_timestamps_BxL": query_ts_BxN, "segment_ids_BxL": valid_BxN.astype(jnp.int32),
