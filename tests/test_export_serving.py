@@ -127,3 +127,21 @@ def test_http_endpoint_answers_bad_requests_with_4xx_and_stays_up(artifact):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_loader_refuses_time_bias_artifacts_exported_before_the_query_time_fix(artifact, tmp_path):
+    import shutil
+
+    from lrm.serving.loader import Recommender
+
+    meta = json.loads((artifact / "artifact" / "metadata.json").read_text())
+    assert meta["format_version"] == 3 and meta["time_bias"] is True
+    old = tmp_path / "old"
+    shutil.copytree(artifact / "artifact", old)
+    for time_bias in (True, False):
+        (old / "metadata.json").write_text(json.dumps(dict(meta, format_version=2, time_bias=time_bias)))
+        if time_bias:
+            with pytest.raises(ValueError, match="format_version 2 with the time bias.*re-export"):
+                Recommender.load(old)
+        else:  # without the time bias the query times are never read: an old artifact serves as before
+            assert Recommender.load(old).max_len == meta["max_len"]

@@ -211,7 +211,7 @@ def test_artifact_in_a_fresh_process_matches_the_single_pass(artifact, tmp_path)
     from lrm.serving.export import build_from_workdir
 
     meta = json.loads((artifact / "artifact" / "metadata.json").read_text())
-    assert meta["format_version"] == 2 and meta["num_candidates"] == M_EXPORT and "candidates" in meta["functions"]
+    assert meta["format_version"] == 3 and meta["num_candidates"] == M_EXPORT and "candidates" in meta["functions"]
     (tmp_path / "req.json").write_text(json.dumps(REQUEST))
     (tmp_path / "fresh.py").write_text(_FRESH)
     proc = subprocess.run([sys.executable, str(tmp_path / "fresh.py"), str(artifact / "artifact"),

@@ -31,7 +31,10 @@ from lrm.models.retrieval import last_token_embeddings, normalized_item_table, s
 from lrm.training.checkpointing import load_params
 from lrm.training.data import store_path
 
-FORMAT_VERSION = 2  # 2: candidates.jaxexport (M-FALCON scoring); loaders read 1 without that function
+# 2: candidates.jaxexport (M-FALCON scoring); loaders read 1 without that function.
+# 3: history slots query the time bias at their next event's time, as training does (723f3b9); a time-bias
+#    artifact older than 3 queried at each slot's own time and is refused.
+FORMAT_VERSION = 3
 DEFAULT_NUM_CANDIDATES = 128
 PLATFORM_CHOICES = (("cpu", "cuda", "tpu"), ("cpu", "cuda"), ("cpu",))
 

@@ -70,6 +70,11 @@ class Recommender:
             if not (path / name).exists():
                 raise FileNotFoundError(f"{path / name}: missing; is {path} an artifact of lrm-export?")
         metadata = json.loads((path / "metadata.json").read_text())
+        version = int(metadata.get("format_version", 1))
+        if metadata.get("time_bias") and version < 3:
+            raise ValueError(f"{path}: format_version {version} with the time bias: its encoder queries the time "
+                             "bias at each history event's own time, not the next event's as the model was "
+                             "trained (fixed in format 3); re-export it with lrm-export")
         platform = jax.default_backend()
         platform = "cuda" if platform == "gpu" else platform
         if platform not in metadata["platforms"]:
