@@ -34,6 +34,14 @@ def score(user_emb_BxD: jax.Array, table_VxD: jax.Array) -> jax.Array:
     )
 
 
+def query_times_BxL(ts_BxL: jax.Array, in_history_BxL: jax.Array, last_BxL: jax.Array,
+                    query_time_B: jax.Array) -> jax.Array:
+    """The time each slot queries the time bias at, as in train and eval rows (docs/conventions.md): a history
+    slot its next event's time, the last history slot `query_time_B` (the event to predict), other slots 0."""
+    next_ts_BxL = jnp.concatenate([ts_BxL[:, 1:], jnp.zeros_like(ts_BxL[:, :1])], axis=1)
+    return jnp.where(last_BxL, query_time_B.astype(jnp.int32)[:, None], jnp.where(in_history_BxL, next_ts_BxL, 0))
+
+
 def candidate_batch(item_ids_BxN: jax.Array, timestamps_BxN: jax.Array, query_time_B: jax.Array,
                     candidates_BxM: jax.Array) -> dict[str, jax.Array]:
     """One row per user for M-FALCON scoring: the history, then its M candidates, then padding (L = N + M).
@@ -62,9 +70,8 @@ def candidate_batch(item_ids_BxN: jax.Array, timestamps_BxN: jax.Array, query_ti
 
     ids_BxL = place(item_ids_BxN, jnp.take_along_axis(candidates_BxM.astype(jnp.int32), candidate_slot_BxL, axis=1))
     ts_BxL = place(timestamps_BxN, query_BxL)
-    next_ts_BxL = jnp.concatenate([ts_BxL[:, 1:], jnp.zeros_like(ts_BxL[:, :1])], axis=1)
-    query_ts_BxL = jnp.where(in_candidates_BxL | (slot_BxL == n_Bx1 - 1), query_BxL,
-                             jnp.where(in_history_BxL, next_ts_BxL, 0))
+    query_ts_BxL = jnp.where(in_candidates_BxL, query_BxL,
+                             query_times_BxL(ts_BxL, in_history_BxL, slot_BxL == n_Bx1 - 1, query_time_B))
     positions_BxL = jnp.where(in_history_BxL, slot_BxL, jnp.where(in_candidates_BxL, n_Bx1, 0))
     return {"item_ids_BxL": ids_BxL, "timestamps_BxL": ts_BxL, "target_ids_BxL": jnp.zeros_like(ids_BxL),
             "target_timestamps_BxL": query_ts_BxL,

@@ -27,7 +27,7 @@ from flax import nnx
 
 from data_pipeline.store import SequenceStore
 from lrm.models import build_model
-from lrm.models.retrieval import last_token_embeddings, normalized_item_table, score_candidates
+from lrm.models.retrieval import last_token_embeddings, normalized_item_table, query_times_BxL, score_candidates
 from lrm.training.checkpointing import load_params
 from lrm.training.data import store_path
 
@@ -54,9 +54,7 @@ def make_batch(item_ids_BxN: jax.Array, timestamps_BxN: jax.Array, query_time_B:
     slot_BxN = jnp.broadcast_to(jnp.arange(N, dtype=jnp.int32), (B, N))
     valid_BxN = slot_BxN < lengths_B[:, None]
     ts_BxN = jnp.where(valid_BxN, timestamps_BxN, 0).astype(jnp.int32)
-    next_ts_BxN = jnp.concatenate([ts_BxN[:, 1:], jnp.zeros_like(ts_BxN[:, :1])], axis=1)
-    query_ts_BxN = jnp.where(slot_BxN == lengths_B[:, None] - 1, query_time_B[:, None].astype(jnp.int32),
-                             next_ts_BxN)
+    query_ts_BxN = query_times_BxL(ts_BxN, valid_BxN, slot_BxN == lengths_B[:, None] - 1, query_time_B)
     ids_BxN = item_ids_BxN.astype(jnp.int32)
     return {"item_ids_BxL": ids_BxN, "timestamps_BxL": ts_BxN, "target_ids_BxL": jnp.zeros_like(ids_BxN),
             "target_timestamps_BxL": query_ts_BxN, "segment_ids_BxL": valid_BxN.astype(jnp.int32),
