@@ -1,6 +1,7 @@
 """Training and evaluation throughput of the reference recipes, padding vs packing, on this machine.
 
   python -m bench.throughput --recipes hstu_beauty,hstu_ml1m --steps 20
+  python -m bench.throughput --attention_impls pallas,xla     # on GPU/TPU: fused kernels vs the jnp reference
 
 Prints one table: train examples/s (users), real tokens/s, padded-slot utilisation, and eval users/s.
 Rates are medians over timed steps after compilation and warm-up; compare ratios within one run.
@@ -74,23 +75,28 @@ def main(argv=None) -> None:
     p.add_argument("--store_root", default="stores")
     p.add_argument("--scorings", default="auto",
                    help="sampled-softmax scorings to time, comma-separated from auto,gather,dense")
+    p.add_argument("--attention_impls", default="auto",
+                   help="model.attention_impl values to time, comma-separated from auto,pallas,xla")
     args = p.parse_args(argv)
     dev = jax.devices()[0]
     print(f"device: {dev.device_kind} x{jax.device_count()} ({platform.processor() or platform.machine()}), "
           f"jax {jax.__version__}")
-    print("| recipe | rows | scoring | train ex/s | train tok/s | slot use | step ms | eval users/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| recipe | attention | rows | scoring | train ex/s | train tok/s | slot use | step ms | eval users/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.recipes.split(","):
         config = importlib.import_module(f"configs.{name}").get_config()
         config.data.store_root = args.store_root
         if config.data.dataset == "ml-1m":
             config.data.protocol = "reference"
         store = open_or_build_store(config.data)
-        for pack, scoring in [(pack, sc) for pack in (False, True) for sc in args.scorings.split(",")]:
+        scorings = args.scorings.split(",")
+        for impl, pack, scoring in [(i, p, sc) for i in args.attention_impls.split(",") for p in (False, True)
+                                    for sc in scorings]:
+            config.model.attention_impl = impl
             r = _train_rates(config, store, pack, scoring, args.steps, args.warmup)
-            first = not pack and scoring == args.scorings.split(",")[0]
+            first = not pack and scoring == scorings[0]
             eval_rate = _eval_rate(config, store, *r["state"], args.eval_batches) if first else float("nan")
-            print(f"| {name} | {'packed' if pack else 'padded'} | {scoring} | {r['examples_per_s']:,.0f} | "
+            print(f"| {name} | {impl} | {'packed' if pack else 'padded'} | {scoring} | {r['examples_per_s']:,.0f} | "
                   f"{r['tokens_per_s']:,.0f} | {r['utilisation']:.0%} | {r['step_ms']:.0f} | "
                   f"{'' if np.isnan(eval_rate) else f'{eval_rate:,.0f}'} |")
 
