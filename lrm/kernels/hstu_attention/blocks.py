@@ -1,7 +1,8 @@
 """Tile sizes of the Pallas HSTU attention kernels, one frozen dataclass per backend.
 
-The defaults are UNTUNED: they were chosen from first principles (register/VMEM budget, MXU/tensor-core
-shapes) in a session without GPU or TPU hardware. `bench/attention.py` is the tool to tune them.
+The defaults were chosen from first principles (register/VMEM budget, MXU/tensor-core shapes). On an H200 the
+GPU defaults were the fastest of five tilings tried (docs/benchmarks.md, 2026-12-04); the TPU defaults have
+not met a TPU. `bench/attention.py --blocks` is the tool to tune them.
 Sequences are padded to a multiple of every block size in use, so any length works with any blocks.
 
 Backward kernels (dK/dV, dQ and the bias-gradient kernel) share one (block_q_bwd, block_k_bwd) tiling so
