@@ -10,6 +10,12 @@ the models the runs reported.
 
 `--users FILE` compares on a segment of the held-out users only (FILE: source user ids, one per line, as in
 the raw data), e.g. the users whose test event shares its second with the event before it.
+
+`--rescore_here` is for runs trained and scored on another platform (a GPU: TF32 dots, other kernels), whose
+metrics no CPU re-score reproduces bit for bit. Both runs' reported parameters (best/ at the reported step) are
+scored here with the reference attention (`model.attention_impl="xla"`; parameters do not depend on it), the
+comparison is of those ranks, and the table shows each run's re-scored metrics beside its results.json, so the
+drift is in view. Everything else is still checked (same data, same users, the reported step).
 """
 from __future__ import annotations
 
@@ -51,8 +57,36 @@ def segment_mask(run, user_ids: list[str], split: str) -> np.ndarray:
     return mask
 
 
+DRIFT_METRICS = ("hr@10", "ndcg@10", "mrr", "ce")
+
+
+def _rank_here(workdir: str | Path, split: str):
+    """`rank_run` of the reported parameters with the reference attention, whatever the run trained with."""
+    from lrm.training.evaluate import rank_run, run_config
+
+    config = run_config(workdir)
+    if "attention_impl" in config.model:
+        config.model.attention_impl = "xla"
+    return rank_run(workdir, (split,), config=config)[split]
+
+
+def _rescore_drift(workdir: str | Path, run, split: str) -> dict:
+    """The reported run's checks that hold on any platform, and its re-scored metrics against results.json."""
+    reported = run.results.get(split)
+    if reported is None:
+        raise ValueError(f"{workdir}: results.json has no {split!r} metrics")
+    if run.step != run.results["best_step"]:
+        raise ValueError(f"{workdir}: scored step {run.step}; the run reported best step {run.results['best_step']}")
+    if run.metrics["num_users"] != reported["num_users"]:
+        raise ValueError(f"{workdir}: {int(run.metrics['num_users'])} {split} users here, "
+                         f"{int(reported['num_users'])} in results.json: not the data the run was scored on")
+    return {name: {"here": float(run.metrics[name]), "reported": float(reported[name])}
+            for name in DRIFT_METRICS if name in reported}
+
+
 def compare(workdir_a: str | Path, workdir_b: str | Path, *, split: str = "test", metrics=METRICS,
-            num_resamples: int = 2000, seed: int = 0, users: list[str] | None = None) -> dict:
+            num_resamples: int = 2000, seed: int = 0, users: list[str] | None = None,
+            rescore_here: bool = False) -> dict:
     from lrm.metrics import paired_bootstrap
     from lrm.training.evaluate import rank_run, reproduction_error
 
@@ -60,7 +94,10 @@ def compare(workdir_a: str | Path, workdir_b: str | Path, *, split: str = "test"
         for name in ("config.json", "results.json"):
             if not (Path(w) / name).is_file():
                 raise FileNotFoundError(f"{Path(w) / name} is missing: is {w} a finished training workdir?")
-    a, b = rank_run(workdir_a, (split,))[split], rank_run(workdir_b, (split,))[split]
+    if rescore_here:
+        a, b = _rank_here(workdir_a, split), _rank_here(workdir_b, split)
+    else:
+        a, b = rank_run(workdir_a, (split,))[split], rank_run(workdir_b, (split,))[split]
     if a.store_identity != b.store_identity:
         raise ValueError(f"the runs read different data: {workdir_a}: {a.store_identity}; "
                          f"{workdir_b}: {b.store_identity}")
@@ -70,17 +107,24 @@ def compare(workdir_a: str | Path, workdir_b: str | Path, *, split: str = "test"
     max_rank_a, max_rank_b = int(a.config.eval.max_rank), int(b.config.eval.max_rank)
     if max_rank_a != max_rank_b:
         raise ValueError(f"eval.max_rank differs: {max_rank_a} vs {max_rank_b}")
-    for w, run in ((workdir_a, a), (workdir_b, b)):  # the comparison is of exactly the models the runs reported
-        if (why := reproduction_error(run, split)) is not None:
-            raise ValueError(f"{w}: {why}")
+    drift = {}
+    for key, w, run in (("a", workdir_a, a), ("b", workdir_b, b)):  # exactly the models the runs reported
+        if rescore_here:
+            drift[key] = _rescore_drift(w, run, split)
+        elif (why := reproduction_error(run, split)) is not None:
+            raise ValueError(f"{w}: {why}" + (" (a run scored on another platform: --rescore_here)"
+                                              if "differs from results.json" in why else ""))
     ranks_a, ranks_b = a.ranks_U, b.ranks_U
     if users is not None:
         keep = segment_mask(a, users, split)
         ranks_a, ranks_b = ranks_a[keep], ranks_b[keep]
-    return {"split": split, "num_users": int(len(ranks_a)), "num_resamples": num_resamples, "seed": seed,
-            "a": str(workdir_a), "b": str(workdir_b), "segment": users is not None,
-            "metrics": paired_bootstrap(ranks_a, ranks_b, tuple(metrics), num_resamples=num_resamples,
-                                        seed=seed, max_rank=max_rank_a)}
+    result = {"split": split, "num_users": int(len(ranks_a)), "num_resamples": num_resamples, "seed": seed,
+              "a": str(workdir_a), "b": str(workdir_b), "segment": users is not None,
+              "metrics": paired_bootstrap(ranks_a, ranks_b, tuple(metrics), num_resamples=num_resamples,
+                                          seed=seed, max_rank=max_rank_a)}
+    if rescore_here:
+        result["rescored_here"] = drift
+    return result
 
 
 def format_table(result: dict) -> str:
@@ -93,6 +137,14 @@ def format_table(result: dict) -> str:
     for name, m in result["metrics"].items():
         lines.append(f"| {name.upper()} | {m['a']:.4f} | {m['b']:.4f} | {m['diff']:+.4f} | {m['rel']:+.1%} | "
                      f"[{m['lo']:+.4f}, {m['hi']:+.4f}] | {m['p_other_side']:.4f} |")
+    if "rescored_here" in result:
+        lines += ["", "Both runs re-scored here (--rescore_here): the metrics above are of these ranks.",
+                  "| run | " + " | ".join(f"{n.upper()} here (results.json)" for n in DRIFT_METRICS) + " |",
+                  "|---|" + "---|" * len(DRIFT_METRICS)]
+        for key, drift in result["rescored_here"].items():
+            cells = [f"{drift[n]['here']:.4f} ({drift[n]['reported']:.4f})" if n in drift else "–"
+                     for n in DRIFT_METRICS]
+            lines.append(f"| {key.upper()} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -106,10 +158,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--users", help="compare on these users only: a file of source user ids, one per line")
     ap.add_argument("--json", help="also write the result here")
+    ap.add_argument("--rescore_here", action="store_true",
+                    help="runs scored on another platform: score both here and show the drift from results.json")
     args = ap.parse_args(argv)
     result = compare(args.run_a, args.run_b, split=args.split, metrics=tuple(args.metrics.split(",")),
                      num_resamples=args.resamples, seed=args.seed,
-                     users=None if args.users is None else read_user_ids(args.users))
+                     users=None if args.users is None else read_user_ids(args.users),
+                     rescore_here=args.rescore_here)
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -151,3 +151,37 @@ def test_compare_on_a_user_segment(two_runs, tmp_path, capsys):
     seg.write_text("\n")
     with pytest.raises(ValueError, match="no user ids"):
         compare.read_user_ids(seg)
+
+
+def test_rescore_here_compares_runs_scored_elsewhere_and_shows_the_drift(two_runs, tmp_path):
+    """A run scored on another platform (results.json a few users' ranks off, as a GPU's TF32 eval reads) is
+    refused by default, and compared under --rescore_here on ranks recomputed here, with the drift shown."""
+    elsewhere = tmp_path / "gpu_run"
+    shutil.copytree(two_runs / "run0", elsewhere)
+    res = json.loads((elsewhere / "results.json").read_text())
+    true_ndcg = res["test"]["ndcg@10"]
+    res["test"]["ndcg@10"] += 2e-4
+    (elsewhere / "results.json").write_text(json.dumps(res))
+    with pytest.raises(ValueError, match="--rescore_here"):
+        compare.compare(elsewhere, two_runs / "run1")
+
+    here = compare.compare(elsewhere, two_runs / "run1", metrics=("hr@10", "ndcg@10"), rescore_here=True)
+    exact = compare.compare(two_runs / "run0", two_runs / "run1", metrics=("hr@10", "ndcg@10"))
+    assert here["metrics"] == exact["metrics"]  # the same parameters give the same ranks here
+    drift = here["rescored_here"]["a"]["ndcg@10"]
+    assert drift["here"] == pytest.approx(true_ndcg, abs=1e-12)
+    assert drift["reported"] == pytest.approx(true_ndcg + 2e-4, abs=1e-12)
+    assert set(here["rescored_here"]) == {"a", "b"}
+    table = compare.format_table(here)
+    assert f"{drift['here']:.4f} ({drift['reported']:.4f})" in table and "re-scored here" in table
+
+    # What --rescore_here does not forgive: other users (other data) or another step than the reported one.
+    res["test"]["num_users"] += 1
+    (elsewhere / "results.json").write_text(json.dumps(res))
+    with pytest.raises(ValueError, match="not the data the run was scored on"):
+        compare.compare(elsewhere, two_runs / "run1", rescore_here=True)
+    res["test"]["num_users"] -= 1
+    res["best_step"] += 1
+    (elsewhere / "results.json").write_text(json.dumps(res))
+    with pytest.raises(ValueError, match="reported best step"):
+        compare.compare(elsewhere, two_runs / "run1", rescore_here=True)
