@@ -13,7 +13,8 @@
 # Triton (tests/test_pallas_attention.py runs the GPU cases compiled when jax's default backend is a GPU) and
 # four HSTU-large ML-1M trainings under the reference protocol (bench.quality): full data with the fused kernels
 # and with the XLA reference (same recipe as the CPU run in the README), and the timestamped half with and
-# without the time bias. Phase 2, alone on the GPU so the timings are clean: bench.attention, bench.throughput.
+# without the time bias. Phase 2, alone on the GPU so the timings are clean: bench.attention, bench.throughput,
+# bench.profile_step (where a training step's time goes).
 # Each step has its own time limit and log under $OUT (default /tmp/lrm_gpu); a failing step does not stop the
 # later ones, and the exit status says whether any failed. The run folders (less their rolling checkpoints) come
 # back in $OUT/runs.tar.gz for bench.compare.
@@ -75,5 +76,8 @@ step attention 120 python3 -m bench.attention --L 256,1024,4096 --hd 256
 if [[ -d stores/beauty-loo-val && -d stores/ml-1m-reference ]]; then
   step throughput 150 python3 -m bench.throughput --recipes hstu_beauty,hstu_ml1m --steps 20 \
     --attention_impls pallas,xla --store_root stores
+  # Where the recipes' 12-35 ms steps go (2026-12-04: ~0.1% MFU, the attention kernels changed nothing).
+  step profile 120 python3 -m bench.profile_step --recipe hstu_ml1m --set data.pack=True --steps 5 \
+    --store_root stores --out /tmp/lrm_profile
 fi
 exit $failed

@@ -26,10 +26,8 @@ from lrm.training.exit_codes import PREEMPTED
 COLUMNS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200")
 
 
-def build_config(model: str, dataset: str, overrides: dict[str, str]):
-    """The recipe of (model, dataset) under the dataset's protocol, with `--set KEY=VALUE` overrides applied."""
-    config = recipe(model, dataset)
-    config.data.protocol = PROTOCOL[dataset]
+def apply_overrides(config, overrides: dict[str, str]) -> None:
+    """`--set KEY=VALUE` overrides, each parsed as the type of the value it replaces; an unknown key is an error."""
     for key, value in overrides.items():
         node = config
         *parents, leaf = key.split(".")
@@ -38,6 +36,13 @@ def build_config(model: str, dataset: str, overrides: dict[str, str]):
         if leaf not in node:
             raise KeyError(f"unknown config key {key!r}")
         node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value in ("1", "true", "True")
+
+
+def build_config(model: str, dataset: str, overrides: dict[str, str]):
+    """The recipe of (model, dataset) under the dataset's protocol, with `--set KEY=VALUE` overrides applied."""
+    config = recipe(model, dataset)
+    config.data.protocol = PROTOCOL[dataset]
+    apply_overrides(config, overrides)
     return config
 
 
