@@ -5,7 +5,7 @@
 #   bash bench/gpu_session.sh
 #
 # carrying .whl (grain, ml-collections, array-record, tensorboardX, portpicker, importlib-resources wheels for
-# the machine's Python: README "GPU"), stores/ (beauty-loo-val and ml-1m-reference, built here by
+# the machine's Python: README "Running on a GPU"), stores/ (beauty-loo-val and ml-1m-reference, built here by
 # `python -m bench.throughput`) and, for the time-bias pair, stores_ts/ml-1m-reference (the timestamped users
 # 1-2999 of ML-1M: README "The time bias, measured again"). Nothing under the data root is needed there.
 #
