@@ -14,7 +14,7 @@
 # four HSTU-large ML-1M trainings under the reference protocol (bench.quality): full data with the fused kernels
 # and with the XLA reference (same recipe as the CPU run in the README), and the timestamped half with and
 # without the time bias. Phase 2, alone on the GPU so the timings are clean: bench.attention, bench.throughput,
-# bench.profile_step (where a training step's time goes).
+# bench.profile_step (where a training step's time goes), bench.loss (gather vs dense item scoring).
 # Each step has its own time limit and log under $OUT (default /tmp/lrm_gpu); a failing step does not stop the
 # later ones, and the exit status says whether any failed. The run folders (less their rolling checkpoints) come
 # back in $OUT/runs.tar.gz for bench.compare.
@@ -79,5 +79,7 @@ if [[ -d stores/beauty-loo-val && -d stores/ml-1m-reference ]]; then
   # Where the recipes' 12-35 ms steps go (2026-12-04: ~0.1% MFU, the attention kernels changed nothing).
   step profile 120 python3 -m bench.profile_step --recipe hstu_ml1m --set data.pack=True --steps 5 \
     --store_root stores --out /tmp/lrm_profile
+  # Where dense item scoring stops paying on a GPU (lrm.losses.DENSE_SCORING_MAX_RATIO was set on CPU).
+  step loss 120 python3 -m bench.loss --recipes hstu_ml1m,hstu_beauty --ratios 16,64,256,1024 --store_root stores
 fi
 exit $failed
