@@ -13,13 +13,13 @@ Medians over timed repeats after compilation; compare the ratios within one run.
 from __future__ import annotations
 
 import argparse
-import importlib
 import platform
 
 import jax
 import jax.numpy as jnp
 
 from bench.attention import _median_ms
+from bench.throughput import recipe_config
 from data_pipeline.pipeline import make_train_dataset
 from lrm import losses
 from lrm.models.embeddings import l2_normalize
@@ -40,10 +40,7 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     crossover = []
     for name in args.recipes.split(","):
-        config = importlib.import_module(f"configs.{name}").get_config()
-        config.data.store_root = args.store_root
-        if config.data.dataset == "ml-1m":
-            config.data.protocol = "reference"  # as bench.quality trains it
+        config = recipe_config(name, args.store_root)
         store = open_or_build_store(config.data)
         rows = args.batch_size or config.train.batch_size
         batch = next(iter(make_train_dataset(store, max_len=config.data.max_len, batch_size=rows, seed=0,

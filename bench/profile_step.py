@@ -107,19 +107,11 @@ def profile(config, *, steps: int, warmup: int, out: Path) -> dict:
     """Trace `steps` train steps of `config` (after `warmup` untraced ones) into `out`; returns the summary."""
     import jax
 
-    from data_pipeline.pipeline import make_train_dataset
-    from lrm.training import sharded
+    from bench.throughput import train_setup
     from lrm.training.data import open_or_build_store
-    from lrm.training.optimizer import make_optimizer
-    from lrm.training.train import make_train_step
 
     store = open_or_build_store(config.data)
-    tx, _ = make_optimizer(config.optim, total_steps=steps + warmup)
-    graphdef, params, opt_state, layout = sharded.create_state_from_config(config, store.num_items, tx)
-    step_fn = sharded.jit_train_step(
-        make_train_step(graphdef, tx, config.loss, num_items=store.num_items, jit=False), layout)
-    it = iter(make_train_dataset(store, max_len=config.data.max_len, batch_size=config.train.batch_size, seed=0,
-                                 pack=config.data.pack))
+    _, _, params, opt_state, step_fn, it = train_setup(config, store, steps + warmup)
     batches = [next(it) for _ in range(warmup + steps)]  # the input pipeline stays out of the trace
     key = jax.random.key(0)
     for i in range(warmup):
@@ -142,11 +134,10 @@ def profile(config, *, steps: int, warmup: int, out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import importlib
-
     import jax
 
     from bench.quality import apply_overrides
+    from bench.throughput import recipe_config
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default="hstu_ml1m", help="a configs/<name>.py")
@@ -156,10 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--out", default="/tmp/lrm_profile", help="trace folder (kept) and summary.json")
     a = p.parse_args(argv)
-    config = importlib.import_module(f"configs.{a.recipe}").get_config()
-    config.data.store_root = a.store_root
-    if config.data.dataset == "ml-1m":
-        config.data.protocol = "reference"
+    config = recipe_config(a.recipe, a.store_root)
     apply_overrides(config, dict(kv.split("=", 1) for kv in a.set))
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, recipe {a.recipe} {' '.join(a.set)}")
     summary = profile(config, steps=a.steps, warmup=a.warmup, out=Path(a.out))

@@ -23,16 +23,31 @@ from lrm.training.optimizer import make_optimizer
 from lrm.training.train import make_train_step
 
 
-def _train_rates(config, store, pack: bool, scoring: str, steps: int, warmup: int) -> dict:
-    config.data.pack = pack
-    config.loss.scoring = scoring
-    # The trainer's own path: state created on the configured mesh (one device here), explicit shardings.
-    tx, _ = make_optimizer(config.optim, total_steps=steps + warmup)
+def recipe_config(name: str, store_root: str):
+    """configs/<name>.py reading stores under `store_root`; ML-1M under the protocol of its published numbers."""
+    config = importlib.import_module(f"configs.{name}").get_config()
+    config.data.store_root = store_root
+    if config.data.dataset == "ml-1m":
+        config.data.protocol = "reference"
+    return config
+
+
+def train_setup(config, store, total_steps: int):
+    """The trainer's own path: state on the configured mesh (one device here), the jitted sharded step, and the
+    train batches. Returns (graphdef, layout, params, opt_state, step_fn, batch iterator)."""
+    tx, _ = make_optimizer(config.optim, total_steps=total_steps)
     graphdef, params, opt_state, layout = sharded.create_state_from_config(config, store.num_items, tx)
     step_fn = sharded.jit_train_step(
         make_train_step(graphdef, tx, config.loss, num_items=store.num_items, jit=False), layout)
     it = iter(make_train_dataset(store, max_len=config.data.max_len, batch_size=config.train.batch_size,
-                                 seed=0, pack=pack))
+                                 seed=0, pack=config.data.pack))
+    return graphdef, layout, params, opt_state, step_fn, it
+
+
+def _train_rates(config, store, pack: bool, scoring: str, steps: int, warmup: int) -> dict:
+    config.data.pack = pack
+    config.loss.scoring = scoring
+    graphdef, layout, params, opt_state, step_fn, it = train_setup(config, store, steps + warmup)
     key = jax.random.key(0)
     times, users, tokens, slots = [], 0, 0, 0
     for i in range(warmup + steps):
@@ -84,10 +99,7 @@ def main(argv=None) -> None:
     print("| recipe | attention | rows | scoring | train ex/s | train tok/s | slot use | step ms | eval users/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.recipes.split(","):
-        config = importlib.import_module(f"configs.{name}").get_config()
-        config.data.store_root = args.store_root
-        if config.data.dataset == "ml-1m":
-            config.data.protocol = "reference"
+        config = recipe_config(name, args.store_root)
         store = open_or_build_store(config.data)
         scorings = args.scorings.split(",")
         for impl, pack, scoring in [(i, p, sc) for i in args.attention_impls.split(",") for p in (False, True)
