@@ -8,7 +8,7 @@ import pytest
 from bench.quality import build_config, format_table
 from configs.recipes import PROTOCOL, recipe, tuned
 
-# The overrides of the README's Beauty, Sports and ML-1M result commands (README "Quality", docs/benchmarks.md;
+# The overrides of the README's Beauty, Sports and ML-1M result commands (README "Quality", docs/quality.md;
 # the ML-1M run also thinned its test evaluations with --set train.eval_every_epochs=20, which leaves training
 # unchanged: tests/test_train.py::test_eval_cadence_does_not_change_training; its --set train.num_epochs=101 is the
 # recipe's own value, so it is not an override here).
