@@ -19,28 +19,8 @@
 # later ones, and the exit status says whether any failed. The run folders (less their rolling checkpoints) come
 # back in $OUT/runs.tar.gz for bench.compare.
 set -uo pipefail
-OUT="${OUT:-/tmp/lrm_gpu}"
 TRAIN_LIMIT="${TRAIN_LIMIT:-270}"
-mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "installing .whl/ failed" >&2; exit 2; }
-  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-# The kernels as they ship: not the CPU test suite's LLVM -O0 (tests/conftest.py).
-export PYTHONUNBUFFERED=1 LRM_TEST_XLA_OPTIMIZE=1
-unset LRM_DATA_DIR  # the carried stores are used as they are
-failed=0
-
-step() {  # step NAME SECONDS COMMAND...
-  local name=$1 limit=$2
-  shift 2
-  echo "== $name (limit ${limit}s, $(date -u +%T)): $*" | tee "$OUT/$name.log"
-  timeout -k 15 "$limit" "$@" 2>&1 | tee -a "$OUT/$name.log"
-  local rc=${PIPESTATUS[0]}
-  echo "== $name: exit $rc ($(date -u +%T))" | tee -a "$OUT/$name.log"
-  [[ $rc == 0 ]] || failed=1
-}
+source bench/gpu_common.sh  # wheels, environment, `step`, the env step
 
 RUNS=/tmp/lrm_gpu_runs
 mkdir -p "$RUNS"
@@ -53,9 +33,6 @@ train() {  # train NAME STORE_ROOT --set ...: one HSTU-large ML-1M reference-rec
     --set data.store_root="$store" "$@" >"$RUNS/$name.log" 2>&1
   echo "== $name: exit $? ($(date -u +%T))" >>"$RUNS/$name.log"
 }
-
-step env 60 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv;
-  python3 -c "import jax, flax, optax, orbax.checkpoint, grain, ml_collections, triton; print(\"jax\", jax.__version__, \"flax\", flax.__version__, \"triton\", triton.__version__, jax.devices())"'
 
 echo "== phase 1 ($(date -u +%T)): kernel tests beside four trainings (limit ${TRAIN_LIMIT}s each)"
 train ml1m_pallas stores --set model.attention_impl=pallas &

@@ -1,4 +1,5 @@
-"""Run a sweep: `lrm-sweep scaling_studies/sweeps/<name>.py --out DIR [--parallel N] [--dry_run] [--submit slurm|tpu]`.
+"""Run a sweep: `lrm-sweep scaling_studies/sweeps/<name>.py --out DIR [--parallel N] [--dry_run] [--submit slurm|tpu]`
+(`--status`: done/failed counts; `--best METRIC`: the runs ranked by a result-line metric and the best's overrides).
 
 Local mode runs N `python -m launch.train` subprocesses at a time, each in DIR/runs/<name>-<hash>/, and appends
 one JSON line per finished run to DIR/results.jsonl (status "done", "failed" or "preempted"). A re-launch skips
@@ -14,6 +15,7 @@ import argparse
 import collections
 import importlib.util
 import json
+import math
 import os
 import shlex
 import signal
@@ -151,7 +153,8 @@ def run_local(sweep: Sweep, out: Path, *, parallel: int = 1, poll_s: float = 0.5
                 if proc.poll() is None:
                     continue
                 del running[key]
-                row = _finished_row(run, proc.returncode, workdir, time.perf_counter() - t0)
+                row = _finished_row(run, proc.returncode, workdir, time.perf_counter() - t0,
+                                    stopped_by_launcher=key in signalled)
                 counts[row["status"]] += 1
                 if row["status"] == "done":
                     walls.append(row["wall_s"])
@@ -166,12 +169,20 @@ def run_local(sweep: Sweep, out: Path, *, parallel: int = 1, poll_s: float = 0.5
     return counts
 
 
-def _finished_row(run: Run, returncode: int, workdir: Path, wall: float) -> dict:
-    """The results.jsonl line of a run whose process has exited."""
+def _finished_row(run: Run, returncode: int, workdir: Path, wall: float, *, stopped_by_launcher: bool = False) -> dict:
+    """The results.jsonl line of a run whose process has exited.
+
+    A trainer the launcher itself stopped is "preempted", not "failed", also when SIGTERM killed it outside its
+    train loop (start-up, the final test evaluation) before it could save: its workdir keeps the checkpoints it
+    did save, and a re-launch resumes from the newest."""
     base = {"name": run.name, "config_hash": run.config_hash, "meta": run.meta, "overrides": run.overrides,
             "wall_s": wall, "time": time.time()}
     if returncode == PREEMPTED:
         return {"status": "preempted", **base, "note": "checkpoint saved; a re-launch resumes it"}
+    if stopped_by_launcher and returncode == -signal.SIGTERM:
+        return {"status": "preempted", **base,
+                "note": "killed by the launcher's SIGTERM outside the train loop; a re-launch resumes it from its "
+                        "newest checkpoint (or starts it again if it had none)"}
     if returncode == 0 and (workdir / "results.json").exists():
         try:
             return result_line(run, workdir, wall)
@@ -197,6 +208,36 @@ def status(sweep: Sweep, out: Path) -> str:
     n = collections.Counter(last.get(r.config_hash, "not run") for r in runs)
     return (f"{sweep.name}: {n['done']} done, {n['failed']} failed, {n['preempted']} preempted, "
             f"{n['not run']} not run, of {len(runs)}")
+
+
+def best_run(sweep: Sweep, out: Path, metric: str) -> tuple[dict, str]:
+    """The finished run of this sweep with the highest `metric` (a key of its result line, e.g. "valid_ndcg@10"),
+    and a table of every finished run, best first. Ties go to the earlier run in the sweep's order, so a rule
+    written down before the runs ("the highest validation NDCG@10") picks one run whatever order they ended in.
+    A run that is not done, or whose metric is missing or not finite, is an error: choosing among part of a
+    grid would be a different rule."""
+    last = {r["config_hash"]: r for r in read_results(out / "results.jsonl")}
+    runs = sweep.expand()
+    problems, rows = [], []
+    for order, run in enumerate(runs):
+        row = last.get(run.config_hash)
+        if row is None or row.get("status") != "done":
+            problems.append(f"{run.name}: {'not run' if row is None else row.get('status')}")
+            continue
+        value = row.get(metric)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            problems.append(f"{run.name}: {metric} is {value!r}")
+            continue
+        rows.append((-value, order, run, row))
+    if problems:
+        raise ValueError(f"sweep {sweep.name} in {out}: cannot choose on {metric} until every run is done with a "
+                         f"finite value; " + "; ".join(problems))
+    rows.sort(key=lambda t: (t[0], t[1]))
+    axes = sorted({k for _, _, run, _ in rows for k in run.meta})
+    lines = [f"| run | {' | '.join(axes)} | {metric} |", "|" + "---|" * (len(axes) + 2)]
+    lines += [f"| {run.name} | {' | '.join(str(run.meta.get(k, '')) for k in axes)} | {-neg:.4f} |"
+              for neg, _, run, _ in rows]
+    return rows[0][3], "\n".join(lines)
 
 
 def write_submission(sweep: Sweep, out: Path, kind: str) -> Path:
@@ -234,10 +275,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry_run", action="store_true", help="print the commands of the runs still missing")
     p.add_argument("--submit", choices=["slurm", "tpu"], help="write cluster scripts instead of running")
     p.add_argument("--status", action="store_true", help="print done/failed/not-run counts and exit")
+    p.add_argument("--best", metavar="METRIC",
+                   help="print the finished runs ranked by METRIC (a result-line key, e.g. valid_ndcg@10), then the "
+                        "overrides of the best as one JSON line, and exit; an error unless every run is done")
     a = p.parse_args(argv)
     sweep, out = load_sweep(a.sweep), Path(a.out)
     if a.status:
         print(status(sweep, out))
+        return 0
+    if a.best:
+        row, table = best_run(sweep, out, a.best)
+        print(table)
+        print(json.dumps(row["overrides"], sort_keys=True))
         return 0
     if a.dry_run:
         finished = {r["config_hash"] for r in read_results(out / "results.jsonl") if r.get("status") == "done"}

@@ -230,3 +230,58 @@ def test_isoflop_runs_spend_their_budget(tmp_path):
         assert abs(r.meta["planned_flops"] / r.meta["budget"] - 1) < 0.05 or r.meta["steps"] < 20
         assert r.overrides["optim.learning_rate"] == 1e-3 * 64 / r.overrides["model.embed_dim"]
     assert len({r.config_hash for r in runs}) == len(runs)
+
+
+def test_best_run_ranks_a_finished_grid_and_refuses_a_partial_one(tmp_path, capsys):
+    sweep = Sweep(name="grid", config_file="configs/tiny.py",
+                  axes={"model.dropout": [0.1, 0.2], "optim.learning_rate": [1e-3, 2e-3]})
+    runs = sweep.expand()
+    out = tmp_path / "grid"
+    out.mkdir()
+    metric = [0.30, 0.32, 0.32, 0.31]  # runs 1 and 2 tie: the earlier in grid order is chosen
+
+    def write(rows):
+        (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    rows = [{"status": "done", "name": r.name, "config_hash": r.config_hash, "overrides": r.overrides,
+             "valid_ndcg@10": m} for r, m in zip(runs, metric)]
+    write(list(reversed(rows)))  # finishing order does not matter
+    best, table = launch_sweep.best_run(sweep, out, "valid_ndcg@10")
+    assert best["name"] == runs[1].name
+    assert [line.split(" | ")[0][2:] for line in table.splitlines()[2:]] == [runs[i].name for i in (1, 2, 3, 0)]
+    assert launch_sweep.main([str(_write_sweep_file(tmp_path)), "--out", str(out), "--best", "valid_ndcg@10"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == runs[1].overrides
+
+    failed = {**rows[3], "status": "failed", "error": "exit code 1"}
+    write(rows[:3] + [failed])
+    with pytest.raises(ValueError, match=rf"{runs[3].name}: failed"):
+        launch_sweep.best_run(sweep, out, "valid_ndcg@10")
+    write(rows[:3] + [failed, rows[3]])  # retried and done: its last line counts
+    assert launch_sweep.best_run(sweep, out, "valid_ndcg@10")[0]["name"] == runs[1].name
+    write(rows[:3])
+    with pytest.raises(ValueError, match=rf"{runs[3].name}: not run"):
+        launch_sweep.best_run(sweep, out, "valid_ndcg@10")
+    write(rows[:3] + [{**rows[3], "valid_ndcg@10": float("nan")}])
+    with pytest.raises(ValueError, match="valid_ndcg@10 is nan"):
+        launch_sweep.best_run(sweep, out, "valid_ndcg@10")
+
+
+def _write_sweep_file(tmp_path):
+    path = tmp_path / "grid_sweep.py"
+    path.write_text("from scaling_studies.sweeps import Sweep\n"
+                    "SWEEP = Sweep(name='grid', config_file='configs/tiny.py',\n"
+                    "              axes={'model.dropout': [0.1, 0.2], 'optim.learning_rate': [1e-3, 2e-3]})\n")
+    return path
+
+
+def test_a_run_the_launcher_stopped_is_preempted_even_if_sigterm_killed_it(tmp_path):
+    # SIGTERM that reaches a trainer outside its train loop (start-up, the final test evaluation) kills it before it
+    # can save: that is the launcher stopping it, to be resumed, not a failure of the run.
+    run = Sweep(name="one", config_file="configs/tiny.py").expand()[0]
+    (tmp_path / "launch.log").write_text("Traceback: boom\n")
+    killed = -signal.SIGTERM
+    assert launch_sweep._finished_row(run, killed, tmp_path, 1.0, stopped_by_launcher=True)["status"] == "preempted"
+    assert launch_sweep._finished_row(run, PREEMPTED, tmp_path, 1.0, stopped_by_launcher=True)["status"] == "preempted"
+    row = launch_sweep._finished_row(run, killed, tmp_path, 1.0)  # killed by someone else: a failure, with its log
+    assert row["status"] == "failed" and "boom" in row["error"]
+    assert launch_sweep._finished_row(run, 1, tmp_path, 1.0, stopped_by_launcher=True)["status"] == "failed"
