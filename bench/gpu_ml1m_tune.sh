@@ -9,18 +9,18 @@
 # --protocol <protocol>`). Step 1: the validation sweep scaling_studies/sweeps/hstu_large_ml1m_tune.py (dropout ×
 # learning rate, loo-val, nine runs side by side). Step 2, only if every sweep run finished: the point with the
 # best validation NDCG@10 (the rule written in the sweep file before any run) trained under the reference
-# protocol, seeds 42, 1 and 2 side by side, and its test numbers beside the published ones ($OUT/summary.md).
+# protocol, seeds 42, 1 and 2 side by side, and its test numbers beside the published ones ($OUT/summary.log).
 # The sweep's result lines and the reference runs (logs, results, parameters) come back in $OUT. Limits:
 # SWEEP_LIMIT (380 s) + REF_LIMIT (160 s) + set-up fit one 600 s call; if the sweep is cut at its limit, nothing is
 # chosen and the result lines so far come back. Rehearsed on CPU (2 steps a run, 200 eval users; .whl moved aside):
 #   SWEEP=<a copy of the sweep with train.num_steps=2, eval.max_users=200> PARALLEL=3 SWEEP_LIMIT=1200 \
-#   REF_EXTRA="--set train.num_steps=2 --set eval.max_users=200" OUT=/tmp/reh bash bench/gpu_ml1m_tune.sh
+#   REF_EXTRA="--config.train.num_steps=2 --config.eval.max_users=200" OUT=/tmp/reh bash bench/gpu_ml1m_tune.sh
 set -uo pipefail
 SWEEP_LIMIT="${SWEEP_LIMIT:-380}"
 REF_LIMIT="${REF_LIMIT:-160}"
 source bench/gpu_common.sh  # wheels, environment, `step`, the env step
 SWEEP="${SWEEP:-scaling_studies/sweeps/hstu_large_ml1m_tune.py}"
-REF_EXTRA="${REF_EXTRA:-}"  # extra --set flags for the reference runs (a CPU rehearsal shortens them)
+REF_EXTRA="${REF_EXTRA:-}"  # extra --config.a.b=v flags for the reference runs (a CPU rehearsal shortens them)
 TUNE="${TUNE:-/tmp/lrm_ml1m_tune}"
 RUNS="${RUNS:-/tmp/lrm_ml1m_ref}"
 mkdir -p "$RUNS"
@@ -42,18 +42,24 @@ flags=$(tail -1 "$OUT/choice.txt" | python3 -c "
 import json, sys
 from scaling_studies.launch_sweep import load_sweep
 chosen = json.load(sys.stdin)
-print(' '.join(f'--set {k}={chosen[k]}' for k in load_sweep('$SWEEP').axes))")
+print(' '.join(f'--config.{k}={chosen[k]}' for k in load_sweep('$SWEEP').axes))")
 echo "== reference protocol, seeds 42 1 2, with $flags ($(date -u +%T))"
-for seed in 42 1 2; do  # the tuned recipe's command (configs/hstu_large_ml1m_tuned.py; tests/test_recipes.py)
-  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout -s TERM -k 30 "$REF_LIMIT" python3 -m bench.quality \
-    --datasets ml-1m --models hstu_large --out "$RUNS/ref_s$seed" --set data.store_root=stores \
-    --set data.pack=True --set train.batch_size=80 --set loss.kind=full_softmax --set optim.schedule=wsd \
-    --set optim.decay_fraction=0.34 --set loss.temperature=0.1 --set seed=$seed $flags $REF_EXTRA >"$RUNS/ref_s$seed.log" 2>&1 &
+for seed in 42 1 2; do  # the tuned recipe itself (its protocol is the reference's), with the chosen values
+  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout -s TERM -k 30 "$REF_LIMIT" python3 -m launch.train \
+    --config configs/hstu_large_ml1m_tuned.py --workdir "$RUNS/ref_s$seed" --config.data.store_root=stores \
+    --config.seed=$seed $flags $REF_EXTRA >"$RUNS/ref_s$seed.log" 2>&1 &
 done
 wait
-for seed in 42 1 2; do  # each run's table beside the published numbers (bench.quality's last lines)
-  echo "== seed $seed"; grep "^|" "$RUNS/ref_s$seed.log" || { echo "no result (see its log)"; failed=1; }
-done | tee "$OUT/summary.md"
+step summary 60 python3 -c "
+import json, pathlib, sys
+from bench.quality import format_table
+from bench.published import PUBLISHED
+rows = [('ml-1m', r['protocol'], 'hstu_large', f'lrm (no time bias), seed {s}, step {r[\"best_step\"]}', r['test'])
+        for s in (42, 1, 2) for p in [pathlib.Path('$RUNS', f'ref_s{s}', 'results.json')] if p.exists()
+        for r in [json.loads(p.read_text())]]
+rows += [('ml-1m', 'reference', 'hstu_large', src, m) for src, m in PUBLISHED[('ml-1m', 'hstu_large')]]
+print(format_table(rows))
+sys.exit(0 if len(rows) == 4 else 1)"
 # Back (16 MiB a file): the sweep runs' logs and metrics (not their parameters), the reference runs whole less their
 # rolling checkpoints (their best/ parameters, ~1.3 MB each, for `bench.compare --rescore_here`).
 { (cd / && find "${TUNE#/}/runs" -maxdepth 2 -type f \( -name '*.json' -o -name '*.jsonl' -o -name launch.log \));
