@@ -119,7 +119,7 @@ def run_local(sweep: Sweep, out: Path, *, parallel: int = 1, poll_s: float = 0.5
         from data_pipeline.datasets.synthetic import write_synthetic_store
 
         store_root = sweep.overrides.get("data.store_root", "stores")
-        write_synthetic_store(sweep.synthetic, store_root)
+        write_synthetic_store(sweep.synthetic, store_root, workers=len(os.sched_getaffinity(0)))
     results = out / "results.jsonl"
     finished = {r["config_hash"] for r in read_results(results) if r.get("status") == "done"}
     runs = sweep.expand()

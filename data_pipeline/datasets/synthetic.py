@@ -101,33 +101,44 @@ def build_process(cfg: SyntheticConfig) -> Process:
             trans[k, z, z] += cfg.stay_prob if T > 1 else 1.0
             if T > 1:
                 trans[k, z, others] += (1.0 - cfg.stay_prob) * rng.dirichlet(np.ones(len(others)))
-    stationary = np.stack([_stationary(trans[k]) for k in range(P)])
+    stationary = _stationary(trans)
     prior = np.arange(1, P + 1, dtype=np.float64) ** -cfg.persona_zipf
     return Process(topic_of_item, item_logq, items_by_topic, probs_by_topic,
                    [np.cumsum(p) for p in probs_by_topic], trans, stationary, prior / prior.sum(),
                    np.log(np.maximum(trans, 1e-300)))
 
 
-def _stationary(m_TxT: np.ndarray) -> np.ndarray:
-    """Stationary law of a Markov matrix (averaged power iteration: exact for periodic or reducible chains too)."""
-    T = len(m_TxT)
-    pi = np.full(T, 1.0 / T)
-    acc = np.zeros(T)
+def _stationary(m_PxTxT: np.ndarray) -> np.ndarray:
+    """Stationary law of each Markov matrix by the mean of 2,000 power-iteration steps from uniform (converges
+    for periodic or reducible chains too; a fixed point up to 2/2000 in L1, which is the law both the generator
+    and the Bayes predictive use), all matrices stepped together."""
+    P, T, _ = m_PxTxT.shape
+    pi_Px1xT = np.full((P, 1, T), 1.0 / T)
+    acc_Px1xT = np.zeros((P, 1, T))
     for _ in range(2000):
-        pi = pi @ m_TxT
-        acc += pi
-    return acc / acc.sum()
+        pi_Px1xT = pi_Px1xT @ m_PxTxT
+        acc_Px1xT += pi_Px1xT
+    return acc_Px1xT[:, 0] / acc_Px1xT[:, 0].sum(axis=1, keepdims=True)
 
 
-def generate_user(cfg: SyntheticConfig, proc: Process, user: int) -> np.ndarray:
-    """Item ids of user `user` (a pure function of cfg.seed and the index)."""
+def _user_draws(cfg: SyntheticConfig, cum_prior_P: np.ndarray, user: int) -> tuple[int, np.ndarray]:
+    """User `user`'s persona and uniforms (row t: the topic and item draws of event t; row n: the first topic).
+
+    The one place that consumes the user's random stream, so the scalar and batched generators agree.
+    """
     rng = np.random.default_rng([cfg.seed, 1, user])
-    n = int(np.clip(round(np.exp(rng.normal(np.log(cfg.mean_len), cfg.len_sigma))), cfg.min_len, cfg.max_len))
+    n = min(max(int(round(np.exp(rng.normal(np.log(cfg.mean_len), cfg.len_sigma)))), cfg.min_len), cfg.max_len)
     if cfg.persona_zipf == 0.0:
         k = int(rng.integers(cfg.num_personas))  # the uniform draw of configs made before persona_zipf existed
     else:
-        k = _draw(np.cumsum(proc.persona_prior_P), rng.random())
-    u_Nx2 = rng.random((n + 1, 2))
+        k = _draw(cum_prior_P, rng.random())
+    return k, rng.random((n + 1, 2))
+
+
+def generate_user(cfg: SyntheticConfig, proc: Process, user: int) -> np.ndarray:
+    """Item ids of user `user` (a pure function of cfg.seed and the index): the process written out plainly."""
+    k, u_Nx2 = _user_draws(cfg, np.cumsum(proc.persona_prior_P), user)
+    n = len(u_Nx2) - 1
     cum_trans = np.cumsum(proc.trans_PxTxT[k], axis=1)
     z = _draw(np.cumsum(proc.stationary_PxT[k]), u_Nx2[n, 0])
     items = np.empty(n, np.int32)
@@ -136,6 +147,52 @@ def generate_user(cfg: SyntheticConfig, proc: Process, user: int) -> np.ndarray:
             z = _draw(cum_trans[z], u_Nx2[t, 0])
         items[t] = proc.items_by_topic[z][_draw(proc.cum_probs_by_topic[z], u_Nx2[t, 1])]
     return items
+
+
+def generate_users(cfg: SyntheticConfig, proc: Process, users: list[int]) -> list[np.ndarray]:
+    """`[generate_user(cfg, proc, u) for u in users]`, bit for bit, with all users' chains stepped together.
+
+    The per-event Python loop of `generate_user` is what made million-user stores take minutes; here each
+    step is a few array operations over every user still generating (users sorted by length, longest first).
+    """
+    if not users:
+        return []
+    cum_prior_P = np.cumsum(proc.persona_prior_P)
+    draws = [_user_draws(cfg, cum_prior_P, u) for u in users]
+    n_B = np.array([len(u) - 1 for _, u in draws])
+    order_B = np.argsort(-n_B, kind="stable")
+    n_B, k_B = n_B[order_B], np.array([draws[b][0] for b in order_B])
+    u_BxNx2 = np.zeros((len(users), n_B[0] + 1, 2))
+    for row, b in enumerate(order_B):
+        u_BxNx2[row, :n_B[row] + 1] = draws[b][1]
+    B = len(users)
+    cum_stat_PxT = np.cumsum(proc.stationary_PxT, axis=1)
+    cum_trans_PxTxT = np.cumsum(proc.trans_PxTxT, axis=2)
+    size_T = np.array([len(x) for x in proc.items_by_topic])
+    items_TxS = np.zeros((len(size_T), size_T.max()), np.int32)
+    cum_q_TxS = np.full(items_TxS.shape, np.inf)  # +inf past a topic's end: never counted as <= u
+    for z, (its, cq) in enumerate(zip(proc.items_by_topic, proc.cum_probs_by_topic)):
+        items_TxS[z, :len(its)], cum_q_TxS[z, :len(cq)] = its, cq
+    z_B = _draw_rows(cum_stat_PxT[k_B], u_BxNx2[np.arange(B), n_B, 0], cum_stat_PxT.shape[1])
+    out_BxN = np.zeros((B, n_B[0]), np.int32)
+    for t in range(n_B[0]):
+        m = int(np.count_nonzero(n_B > t))  # users still generating: a prefix, as they are sorted by length
+        z = z_B[:m]
+        if t:
+            z = _draw_rows(cum_trans_PxTxT[k_B[:m], z], u_BxNx2[:m, t, 0], cum_trans_PxTxT.shape[2])
+            z_B[:m] = z
+        s = _draw_rows(cum_q_TxS[z], u_BxNx2[:m, t, 1], size_T[z])
+        out_BxN[:m, t] = items_TxS[z, s]
+    result: list[np.ndarray] = [np.empty(0, np.int32)] * B
+    for row, b in enumerate(order_B):
+        result[b] = out_BxN[row, :n_B[row]].copy()
+    return result
+
+
+def _draw_rows(cdf_BxS: np.ndarray, u_B: np.ndarray, size) -> np.ndarray:
+    """`_draw` for each row: searchsorted(side="right") is the count of cdf entries <= u·cdf[-1]."""
+    last_B = np.take_along_axis(cdf_BxS, (np.broadcast_to(size, u_B.shape) - 1)[:, None], axis=1)[:, 0]
+    return np.minimum((cdf_BxS <= (u_B * last_B)[:, None]).sum(axis=1), np.asarray(size) - 1)
 
 
 def _draw(cdf: np.ndarray, u: float) -> int:
@@ -152,25 +209,56 @@ def iter_sequences(cfg: SyntheticConfig, *, start: int = 0, stop: int | None = N
     proc = build_process(cfg)
     for lo in range(start, stop, chunk_users):
         users = list(range(lo, min(lo + chunk_users, stop)))
-        yield from_user_lists(cfg.name, users, [generate_user(cfg, proc, u) for u in users], None, None,
+        yield from_user_lists(cfg.name, users, generate_users(cfg, proc, users), None, None,
                               num_items=cfg.num_items, item_raw_ids=None, source_files={})
 
 
-def generate(cfg: SyntheticConfig) -> Sequences:
-    """All users in one `Sequences` (what `write_store` takes)."""
-    chunks = list(iter_sequences(cfg))
-    offsets = [np.zeros(1, np.int64)]
-    base = 0
-    for c in chunks:
-        offsets.append(c.offsets[1:] + base)
-        base += c.num_events
-    return Sequences(dataset=cfg.name, user_ids=np.concatenate([c.user_ids for c in chunks]),
-                     offsets=np.concatenate(offsets), item_ids=np.concatenate([c.item_ids for c in chunks]),
-                     timestamps=np.zeros(base, np.int64), ratings=None, num_items=cfg.num_items,
-                     has_timestamps=False, item_raw_ids=None, source_files={})
+_FORKED: tuple[SyntheticConfig, Process] | None = None  # set in the parent just before its workers fork
 
 
-def write_synthetic_store(cfg: SyntheticConfig, store_root: str | Path, *, protocol: str = "loo-val") -> Path:
+def _generate_range(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Lengths and concatenated items of users [lo, hi), in a forked worker (the process is inherited, not
+    rebuilt: drawing its parameters takes longer than generating a chunk)."""
+    cfg, proc = _FORKED
+    seqs = generate_users(cfg, proc, list(range(*bounds)))
+    return np.array([len(x) for x in seqs], np.int64), np.concatenate(seqs)
+
+
+def generate(cfg: SyntheticConfig, *, workers: int = 1, chunk_users: int = 10_000) -> Sequences:
+    """All users in one `Sequences` (what `write_store` takes), generated by `workers` processes.
+
+    Users are pure functions of (seed, index), so the result is the same for any `workers` and `chunk_users`.
+    """
+    global _FORKED
+    if workers < 1 or chunk_users < 1:
+        raise ValueError(f"synthetic: workers and chunk_users must be >= 1, got {workers}, {chunk_users}")
+    proc = build_process(cfg)
+    bounds = [(lo, min(lo + chunk_users, cfg.num_users)) for lo in range(0, cfg.num_users, chunk_users)]
+    _FORKED = (cfg, proc)
+    try:
+        if workers == 1 or len(bounds) == 1:
+            parts = [_generate_range(b) for b in bounds]
+        else:
+            import concurrent.futures
+            import multiprocessing
+
+            # fork: the workers only run numpy on inherited arrays, never jax or threads of the parent.
+            with concurrent.futures.ProcessPoolExecutor(
+                    min(workers, len(bounds)), mp_context=multiprocessing.get_context("fork")) as pool:
+                parts = list(pool.map(_generate_range, bounds))
+    finally:
+        _FORKED = None
+    lengths = np.concatenate([n for n, _ in parts])
+    offsets = np.zeros(cfg.num_users + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return Sequences(dataset=cfg.name, user_ids=np.arange(cfg.num_users), offsets=offsets,
+                     item_ids=np.concatenate([x for _, x in parts]), timestamps=np.zeros(offsets[-1], np.int64),
+                     ratings=None, num_items=cfg.num_items, has_timestamps=False, item_raw_ids=None,
+                     source_files={})
+
+
+def write_synthetic_store(cfg: SyntheticConfig, store_root: str | Path, *, protocol: str = "loo-val",
+                          workers: int = 1) -> Path:
     """Writes `<store_root>/<name>-<protocol>` (the path `lrm.training.data.store_path` expects) once.
 
     The generator config is kept beside the store (`synthetic_config.json`); an existing store made from a
@@ -191,7 +279,7 @@ def write_synthetic_store(cfg: SyntheticConfig, store_root: str | Path, *, proto
             raise ValueError(f"{out} holds synthetic data from generator config {have}, not {want}: "
                              "remove it or give the config another name")
         return out
-    write_store(generate(cfg), out, protocol=protocol)
+    write_store(generate(cfg, workers=workers), out, protocol=protocol)
     (out / "synthetic_config.json").write_text(json.dumps(want, indent=2, sort_keys=True))
     return out
 
