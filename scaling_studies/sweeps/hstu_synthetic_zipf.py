@@ -19,6 +19,7 @@ them (scaling_studies/results/hstu_synthetic_zipf/prediction.json), in the same 
 """
 import dataclasses
 
+from data_pipeline.datasets.synthetic import SyntheticConfig
 from scaling_studies.sweeps import Sweep
 from scaling_studies.sweeps.hstu_synthetic import LR_RULE, SYNTHETIC
 
@@ -27,12 +28,15 @@ BUDGETS = [1e10, 10 ** 10.5, 1e11, 10 ** 11.5, 1e12]
 WIDTHS = [4, 8, 16, 32, 64, 128]
 
 
-def isoflop(budgets: list[float], widths: list[int], seeds_at: dict[float, list[int]]) -> Sweep:
-    """This study's IsoFLOP runs at `budgets` (the held-out budget uses the same function)."""
+def isoflop(budgets: list[float], widths: list[int], seeds_at: dict[float, list[int]], *,
+            synthetic: SyntheticConfig = SYNTHETIC_ZIPF, extra: dict | None = None) -> Sweep:
+    """This study's IsoFLOP runs at `budgets` (the held-out budget and the 1e14 extension use the same function;
+    the extension's larger draw of the same process is `synthetic`, its run-only settings `extra`)."""
     return Sweep(
         name="hstu_synthetic_zipf",
         config_file="configs/hstu_synthetic.py",
-        overrides={"data.dataset": SYNTHETIC_ZIPF.name, "data.store_root": "stores", "eval.max_users": 20_000},
+        overrides={"data.dataset": synthetic.name, "data.store_root": "stores", "eval.max_users": 20_000,
+                   **(extra or {})},
         budgets=budgets,
         sizes=[{"model.embed_dim": d, "model.head_dim": max(d // 2, 1)} for d in widths],
         seeds=[0],
@@ -41,7 +45,7 @@ def isoflop(budgets: list[float], widths: list[int], seeds_at: dict[float, list[
         n_eff=13.59,
         num_items=SYNTHETIC_ZIPF.num_items,
         lr_rule=LR_RULE,
-        synthetic=SYNTHETIC_ZIPF,
+        synthetic=synthetic,
     )
 
 
