@@ -329,3 +329,28 @@ def test_a_run_the_launcher_stopped_is_preempted_even_if_sigterm_killed_it(tmp_p
     row = launch_sweep._finished_row(run, killed, tmp_path, 1.0)  # killed by someone else: a failure, with its log
     assert row["status"] == "failed" and "boom" in row["error"]
     assert launch_sweep._finished_row(run, 1, tmp_path, 1.0, stopped_by_launcher=True)["status"] == "failed"
+
+
+def test_committed_zipf_sweeps_still_name_their_committed_runs():
+    # Editing a sweep file must not silently orphan a committed study: every result line's config hash is a run
+    # the sweep files still expand to, and the 1e14 extension differs from the fitted runs only where its
+    # docstring says (a larger draw of the same process, the XLA attention, checkpoints).
+    import dataclasses
+
+    from scaling_studies.sweeps import hstu_synthetic_zipf as z
+    from scaling_studies.sweeps import hstu_synthetic_zipf_1e14 as z14
+    from scaling_studies.sweeps import hstu_synthetic_zipf_posthoc as zp
+
+    expanded = {r.config_hash for s in (z.SWEEP, z.HELD_OUT, zp.SWEEP, zp.SEEDS) for r in s.expand()}
+    rows = launch_sweep.read_results(REPO / "scaling_studies/results/hstu_synthetic_zipf_1e14/results.jsonl")
+    assert len(rows) == 61 and {r["config_hash"] for r in rows} <= expanded
+    assert all(r["meta"]["budget"] <= 1e13 for r in rows)
+    assert dataclasses.replace(z14.SYNTHETIC_ZIPF_6M, num_users=z.SYNTHETIC_ZIPF.num_users,
+                               name=z.SYNTHETIC_ZIPF.name) == z.SYNTHETIC_ZIPF
+    same_recipe = z.isoflop([z14.BUDGET], [64, 96, 128], {})
+    for run, ref in zip(z14.SWEEP.expand(), same_recipe.expand()):
+        extra = {k: v for k, v in run.overrides.items() if ref.overrides.get(k) != v}
+        assert extra == {"data.dataset": "synthetic-zipf-6m", "model.attention_impl": "xla",
+                         "checkpoint.every_steps": 10_000}, extra
+    prediction = json.loads((REPO / "scaling_studies/results/hstu_synthetic_zipf_1e14/prediction.json").read_text())
+    assert [p["budget"] for p in prediction["predictions"]] == [z14.BUDGET]
