@@ -3,8 +3,9 @@
 The fit is every finished run of that study, 1e10 to 1e13 FLOPs (its own results.jsonl, whose 1e13 runs were its
 pre-registered test, and its posthoc/ runs), copied into scaling_studies/results/hstu_synthetic_zipf_1e14/; the
 prediction for 1e14 (10x the largest fitted budget) was written there by `python -m scaling_studies.report
---predict 1e14` and committed before any of these runs started. They are trained by `bash bench/gpu_zipf_1e14.sh`
-on a lent GPU (about 100M training tokens for the smallest width: weeks on the 2-core CPU).
+--predict 1e14` and committed before any of these runs started. They are 10x the 1e13 runs: about 6.5 core-hours
+on the 2-core CPU, so they run there across sessions (the command below; a stopped sweep resumes its runs from
+their checkpoints), or in one call on a lent GPU (`bash bench/gpu_zipf_1e14.sh`).
 
 The recipe is the fitted runs' (configs/hstu_synthetic.py: batch 32 packed rows, full softmax, WSD, the study's LR
 rule, steps from the budget), with three differences that do not change what is measured:
