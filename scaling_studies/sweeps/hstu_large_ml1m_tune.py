@@ -9,7 +9,8 @@ The rule, fixed before any run: every point trains the tuned recipe for its 101 
 event is never seen; validation = each user's second-to-last event), each run keeps its best validation NDCG@10
 checkpoint, and the point with the highest validation NDCG@10 is the choice (ties: the earlier point in the grid
 order). Only that point is then trained under the reference protocol (seeds 42, 1, 2) and compared with the
-published number. Nine 2-minute runs on a GPU (`bench/gpu_ml1m_tune.sh` does both steps); ~2 CPU-hours each.
+published number. Nine 2-minute runs on a GPU (`bench/gpu_ml1m_tune.sh` does both steps); ~3.9 hours each on one
+core of the 2-core AMD EPYC CPU (measured 2026-12-05, 3 s a step).
 
     lrm-sweep scaling_studies/sweeps/hstu_large_ml1m_tune.py --out runs/ml1m_tune --parallel 9
 """
