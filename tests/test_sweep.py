@@ -33,7 +33,6 @@ def test_synthetic_is_deterministic_and_streamed_in_any_chunking():
     assert whole.lengths.min() >= cfg.min_len and whole.lengths.max() <= cfg.max_len
 
 
-
 def test_a_larger_draw_starts_with_the_smaller_draws_users():
     # The 1e14 runs train on a 6M-user draw and are scored on its first users; their validation events, and so
     # the true entropy of what was measured, are the fitted runs' only if a user's history does not depend on
@@ -44,6 +43,7 @@ def test_a_larger_draw_starts_with_the_smaller_draws_users():
     assert np.array_equal(b.offsets[:61], a.offsets)
     assert np.array_equal(b.item_ids[:a.offsets[-1]], a.item_ids)
     assert sy.true_cross_entropy(small, users=40, max_len=20) == sy.true_cross_entropy(large, users=40, max_len=20)
+
 
 def test_uniform_persona_data_is_unchanged_by_the_zipf_option():
     # The committed hstu_synthetic study was generated before `persona_zipf` existed: its data must not move.
