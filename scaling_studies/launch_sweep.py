@@ -1,5 +1,5 @@
 """Run a sweep: `lrm-sweep scaling_studies/sweeps/<name>.py --out DIR [--parallel N] [--dry_run] [--submit slurm|tpu]`
-(`--status`: done/failed counts; `--best METRIC`: the runs ranked by a result-line metric and the best's overrides).
+(`--status`: done/failed counts and each run's progress; `--best METRIC`: the runs ranked by a result-line metric and the best's overrides).
 
 Local mode runs N `python -m launch.train` subprocesses at a time, each in DIR/runs/<name>-<hash>/, and appends
 one JSON line per finished run to DIR/results.jsonl (status "done", "failed" or "preempted"). A re-launch skips
@@ -30,6 +30,7 @@ from lrm.training.exit_codes import PREEMPTED
 from scaling_studies.sweeps import Run, Sweep
 
 REPO = Path(__file__).resolve().parents[1]
+RUNNING_MARKER = "running.pid"  # in a run's workdir while this machine's launcher has its trainer running
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -143,6 +144,9 @@ def run_local(sweep: Sweep, out: Path, *, parallel: int = 1, poll_s: float = 0.5
                 with open(workdir / "launch.log", "a") as log:  # "a": a resumed run keeps its earlier log
                     proc = subprocess.Popen(command(run, workdir), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                             env=child_env)
+                marker = workdir / RUNNING_MARKER
+                marker.with_suffix(".tmp").write_text(f"{proc.pid}\n")
+                marker.with_suffix(".tmp").replace(marker)  # a reader never sees it half written
                 running[run.config_hash] = (run, proc, time.perf_counter(), workdir)
             time.sleep(poll_s)
             if stopping:  # also reaches a trainer started just before the signal
@@ -153,6 +157,7 @@ def run_local(sweep: Sweep, out: Path, *, parallel: int = 1, poll_s: float = 0.5
                 if proc.poll() is None:
                     continue
                 del running[key]
+                (workdir / RUNNING_MARKER).unlink(missing_ok=True)
                 row = _finished_row(run, proc.returncode, workdir, time.perf_counter() - t0,
                                     stopped_by_launcher=key in signalled)
                 counts[row["status"]] += 1
@@ -208,6 +213,71 @@ def status(sweep: Sweep, out: Path) -> str:
     n = collections.Counter(last.get(r.config_hash, "not run") for r in runs)
     return (f"{sweep.name}: {n['done']} done, {n['failed']} failed, {n['preempted']} preempted, "
             f"{n['not run']} not run, of {len(runs)}")
+
+
+def run_progress(workdir: Path) -> dict:
+    """How far a run's workdir says it got: its newest logged train row and its newest evaluation row (from
+    metrics.jsonl, the end-of-run test row aside) and the newest checkpoint step, the one a re-launch resumes
+    from. A sweep that runs across sessions or allocations is followed with this, long before any run ends."""
+    progress: dict = {"train": None, "eval": None, "checkpoint": None, "running": False}
+    path = workdir / "metrics.jsonl"
+    if path.exists():
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: not a JSON line ({e})") from e
+            if row.get("split") == "train":
+                progress["train"] = row
+            elif not row.get("final", False):
+                progress["eval"] = row
+    progress["running"] = _marked_running(workdir / RUNNING_MARKER)
+    ckpts = workdir / "checkpoints"
+    steps = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.is_dir() else []
+    progress["checkpoint"] = steps[-1] if steps else None
+    return progress
+
+
+def _marked_running(marker: Path) -> bool:
+    """Whether `marker` names a live process (a launcher killed outright leaves a marker of a dead one)."""
+    if not marker.exists():
+        return False
+    text = marker.read_text().strip()
+    if not text.isdigit():
+        raise ValueError(f"{marker}: expected the process id of a running trainer, got {text!r}")
+    try:
+        os.kill(int(text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def status_table(sweep: Sweep, out: Path) -> str:
+    """One row per run of the sweep: "running" while a launcher on this machine runs it (its `running.pid`
+    names a live process), else its last result line's status; the step it reached of its total, the step a
+    re-launch resumes from, its newest evaluation and when it last logged."""
+    last = {r["config_hash"]: r["status"] for r in read_results(out / "results.jsonl")}
+    lines = ["| run | status | step | resumes from | newest eval | hr@10 | ndcg@10 | last logged (UTC) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for run in sweep.expand():
+        workdir = out / "runs" / f"{run.name}-{run.config_hash}"
+        p = run_progress(workdir)
+        train, ev = p["train"], p["eval"]
+        state = "running" if p["running"] else last.get(run.config_hash, "started" if train or ev else "not run")
+        step = "–" if train is None else (
+            f"{train['step']}/{int(train['total_steps'])}" if "total_steps" in train else str(train["step"]))
+        newest = [r for r in (train, ev) if r is not None]
+        logged = (time.strftime("%Y-%m-%d %H:%M", time.gmtime(max(r["time"] for r in newest))) if newest else "–")
+        lines.append(" | ".join([
+            f"| {run.name}", state, step, "–" if p["checkpoint"] is None else str(p["checkpoint"]),
+            "–" if ev is None else f"{ev['split']} @{ev['step']}",
+            "–" if ev is None else f"{ev['hr@10']:.4f}", "–" if ev is None else f"{ev['ndcg@10']:.4f}",
+            f"{logged} |"]))
+    return "\n".join(lines)
 
 
 def best_run(sweep: Sweep, out: Path, metric: str) -> tuple[dict, str]:
@@ -274,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--dry_run", action="store_true", help="print the commands of the runs still missing")
     p.add_argument("--submit", choices=["slurm", "tpu"], help="write cluster scripts instead of running")
-    p.add_argument("--status", action="store_true", help="print done/failed/not-run counts and exit")
+    p.add_argument("--status", action="store_true",
+                   help="print done/failed/not-run counts and a row per run (step reached, checkpoint, newest "
+                        "evaluation), and exit")
     p.add_argument("--best", metavar="METRIC",
                    help="print the finished runs ranked by METRIC (a result-line key, e.g. valid_ndcg@10), then the "
                         "overrides of the best as one JSON line, and exit; an error unless every run is done")
@@ -282,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep, out = load_sweep(a.sweep), Path(a.out)
     if a.status:
         print(status(sweep, out))
+        print(status_table(sweep, out))
         return 0
     if a.best:
         row, table = best_run(sweep, out, a.best)

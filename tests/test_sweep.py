@@ -212,6 +212,8 @@ def test_sigterm_to_the_launcher_preempts_its_runs_and_a_relaunch_resumes_them(t
                 break
             time.sleep(0.2)
         assert launcher.poll() is None and logs, "the run never got going (or finished before the signal)"
+        row = _status_row(launch_sweep.load_sweep(sweep_file), out)
+        assert row[1] == "running" and re.fullmatch(r"[1-9]\d*/400", row[2]), row
         launcher.send_signal(signal.SIGTERM)
         output, _ = launcher.communicate(timeout=180)
     finally:
@@ -226,12 +228,61 @@ def test_sigterm_to_the_launcher_preempts_its_runs_and_a_relaunch_resumes_them(t
     workdir = logs[0].parent
     stopped_at = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert stopped_at and 0 < stopped_at[-1] < 400, stopped_at  # saved mid-run
+    logged = stopped_at[-1] // 10 * 10  # train rows every 10 steps; the checkpoint is of the step it stopped at
+    assert _status_row(sweep, out)[1:4] == ["preempted", f"{logged}/400", str(stopped_at[-1])]
     again = launch_sweep.run_local(sweep, out, env={"JAX_PLATFORMS": "cpu"})
     assert again == {"done": 1, "failed": 0, "preempted": 0, "skipped": 0}
     log = logs[0].read_text()
     assert f"resumed from {workdir / 'checkpoints'} at step {stopped_at[-1]}" in log  # not from scratch
     assert json.loads((workdir / "results.json").read_text())["steps_run"] == 400
     assert "1 done, 0 failed, 0 preempted, 0 not run" in launch_sweep.status(sweep, out)
+    assert _status_row(sweep, out)[1:3] == ["done", "400/400"]
+
+
+def _status_row(sweep: Sweep, out: Path) -> list[str]:
+    """The cells of the status table's one run row."""
+    (line,) = launch_sweep.status_table(sweep, out).splitlines()[2:]
+    return [cell.strip() for cell in line.strip("| ").split(" | ")]
+
+
+def test_status_table_follows_each_run_before_it_ends(tmp_path):
+    sweep = Sweep(name="grid", config_file="configs/tiny.py", axes={"model.dropout": [0.1, 0.2, 0.3]})
+    first, second, third = sweep.expand()
+    out = tmp_path / "grid"
+    work = out / "runs" / f"{first.name}-{first.config_hash}"
+    (work / "checkpoints" / "40").mkdir(parents=True)
+    (work / "checkpoints" / "20").mkdir()
+    rows = [{"step": 20, "split": "train", "time": 0.0, "loss": 5.0, "total_steps": 100},
+            {"step": 20, "split": "valid", "time": 1.0, "hr@10": 0.2, "ndcg@10": 0.1},
+            {"step": 50, "split": "train", "time": 86400.0, "loss": 4.0, "total_steps": 100},
+            {"step": 100, "split": "test", "time": 86401.0, "hr@10": 0.9, "ndcg@10": 0.8, "final": True}]
+    (work / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / "results.jsonl").write_text(json.dumps({"status": "preempted", "name": first.name,
+                                                   "config_hash": first.config_hash}) + "\n")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (work / launch_sweep.RUNNING_MARKER).write_text(f"{dead.pid}\n")  # a launcher killed outright left it
+    work2 = out / "runs" / f"{second.name}-{second.config_hash}"
+    work2.mkdir(parents=True)
+    (work2 / "metrics.jsonl").write_text(json.dumps({"step": 10, "split": "train", "time": 0.0}) + "\n")
+    (work2 / launch_sweep.RUNNING_MARKER).write_text(f"{os.getpid()}\n")
+
+    lines = launch_sweep.status_table(sweep, out).splitlines()
+    cells = [[c.strip() for c in line.strip("| ").split(" | ")] for line in lines[2:]]
+    # the newest train row, not the end-of-run test row; the newest checkpoint; the newest evaluation
+    assert cells[0] == [first.name, "preempted", "50/100", "40", "valid @20", "0.2000", "0.1000", "1970-01-02 00:00"]
+    assert cells[1][:4] == [second.name, "running", "10", "–"]  # a row from before total_steps was logged
+    assert cells[2] == [third.name, "not run"] + ["–"] * 6
+
+    (work2 / launch_sweep.RUNNING_MARKER).unlink()
+    assert launch_sweep.status_table(sweep, out).splitlines()[3].split(" | ")[1] == "started"  # logged, no result
+    (work2 / launch_sweep.RUNNING_MARKER).write_text("")
+    with pytest.raises(ValueError, match="running.pid: expected the process id"):
+        launch_sweep.status_table(sweep, out)
+    (work2 / launch_sweep.RUNNING_MARKER).unlink()
+    (work2 / "metrics.jsonl").write_text('{"step": 10, "split": "train", "time": 0.0}\n{"step": 2\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON line"):
+        launch_sweep.status_table(sweep, out)
 
 
 def _check_true_entropy(sweep: Sweep, out, done: list[dict]) -> None:

@@ -186,6 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     logging.info(text)
                 writer.write(step, "train", {"loss": loss, "grad_norm": float(out["grad_norm"]),
                                              "learning_rate": float(schedule(step)), "tokens_seen": tokens_seen,
+                                             "total_steps": total_steps,
                                              **rates, **meter.log(tokens_seen)})
             if step % eval_every == 0 or step == total_steps:
                 with meter.excluded(params):  # evaluation is not training time for FLOP/s and MFU
