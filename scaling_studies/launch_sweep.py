@@ -310,6 +310,13 @@ def best_run(sweep: Sweep, out: Path, metric: str) -> tuple[dict, str]:
     return rows[0][3], "\n".join(lines)
 
 
+def chosen_values(sweep: Sweep, out: Path, metric: str) -> dict[str, Any]:
+    """The swept keys' values of the best run by `metric` (`best_run`'s rule and errors): what a follow-up
+    sweep takes from a tuning sweep, leaving the rest of its own config as it is."""
+    best, _ = best_run(sweep, out, metric)
+    return {key: best["overrides"][key] for key in sweep.axes}
+
+
 def write_submission(sweep: Sweep, out: Path, kind: str) -> Path:
     """SLURM: one array job, task i runs line i of commands.txt. TPU: one pod command per run (every host)."""
     finished = {r["config_hash"] for r in read_results(out / "results.jsonl") if r.get("status") == "done"}

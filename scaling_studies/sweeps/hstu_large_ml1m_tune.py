@@ -13,7 +13,13 @@ published number. Nine 2-minute runs on a GPU (`bench/gpu_ml1m_tune.sh` does bot
 core of the 2-core AMD EPYC CPU (measured 2026-12-05, 3 s a step).
 
     lrm-sweep scaling_studies/sweeps/hstu_large_ml1m_tune.py --out runs/ml1m_tune --parallel 9
+
+On the CPU, where both steps span sessions, step 2 is a sweep too (`hstu_large_ml1m_tune_reference.py`, built by
+`reference_sweep` below) and `python -m bench.ml1m_tune` prints both steps' tables.
 """
+from pathlib import Path
+
+from scaling_studies.launch_sweep import chosen_values
 from scaling_studies.sweeps import Sweep
 
 SWEEP = Sweep(
@@ -23,3 +29,15 @@ SWEEP = Sweep(
     axes={"model.dropout": [0.1, 0.2, 0.3], "optim.learning_rate": [5e-4, 1e-3, 2e-3]},
     seeds=[42],
 )
+
+
+def reference_sweep(tune_out: Path) -> Sweep:
+    """Step 2: the tuned recipe as it is (reference protocol) with the swept keys at the values step 1 chose
+    (results in `tune_out`), seeds 42, 1 and 2. An error while any step-1 run is missing or not done."""
+    return Sweep(
+        name="hstu_large_ml1m_tune_reference",
+        config_file=SWEEP.config_file,
+        overrides={"data.store_root": "stores", "train.tensorboard": False,
+                   **chosen_values(SWEEP, tune_out, "valid_ndcg@10")},
+        seeds=[42, 1, 2],
+    )

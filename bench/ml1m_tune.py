@@ -1,0 +1,67 @@
+"""The ML-1M HSTU-large tuning in two tables, at any point of it.
+
+  python -m bench.ml1m_tune --tune runs/ml1m_tune --reference runs/ml1m_tune_reference
+
+Step 1 (`scaling_studies/sweeps/hstu_large_ml1m_tune.py`, loo-val): the grid ranked by validation NDCG@10 once
+every run is done, its progress table until then. Step 2 (`hstu_large_ml1m_tune_reference.py`): the chosen point's
+reference-protocol seeds on the test split beside the published HSTU-large, their mean, and the mean's gap to the
+published HR@10 and NDCG@10 (the foundation issue's target). Exit 0 only when both steps are complete.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bench.published import PUBLISHED
+from bench.quality import COLUMNS, format_table
+from scaling_studies.launch_sweep import best_run, status, status_table
+from scaling_studies.sweeps.hstu_large_ml1m_tune import SWEEP as TUNE
+from scaling_studies.sweeps.hstu_large_ml1m_tune import reference_sweep
+
+
+def reference_rows(tune_out: Path, reference_out: Path) -> tuple[list[tuple], int, int]:
+    """format_table rows of the finished step-2 runs (one a seed, then their mean and the published), how many
+    of them finished and how many step-2 runs there are."""
+    sweep = reference_sweep(tune_out)
+    chosen = ", ".join(f"{k.split('.')[-1]} {v}" for k, v in sweep.overrides.items() if k in TUNE.axes)
+    runs, rows = sweep.expand(), []
+    for run in runs:
+        path = reference_out / "runs" / f"{run.name}-{run.config_hash}" / "results.json"
+        if path.exists():
+            res = json.loads(path.read_text())
+            rows.append(("ml-1m", res["protocol"], "hstu_large",
+                         f"lrm (position bias only), {chosen}, seed {run.meta['seed']}, step {res['best_step']}",
+                         res["test"]))
+    finished = len(rows)
+    if finished > 1:
+        mean = {c: sum(r[4][c] for r in rows) / finished for c in COLUMNS}
+        rows.append(("ml-1m", rows[0][1], "hstu_large", f"lrm, mean of the {finished} seeds above", mean))
+    rows += [("ml-1m", "reference", "hstu_large", src, m) for src, m in PUBLISHED[("ml-1m", "hstu_large")]]
+    return rows, finished, len(runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tune", default="runs/ml1m_tune", help="step 1's sweep directory")
+    p.add_argument("--reference", default="runs/ml1m_tune_reference", help="step 2's sweep directory")
+    a = p.parse_args(argv)
+    tune_out, reference_out = Path(a.tune), Path(a.reference)
+    try:
+        _, ranked = best_run(TUNE, tune_out, "valid_ndcg@10")
+    except ValueError as e:
+        print(f"step 1 is not complete ({e}).\n\n{status(TUNE, tune_out)}\n{status_table(TUNE, tune_out)}")
+        return 1
+    print(f"## step 1: {TUNE.name}, loo-val, ranked by validation NDCG@10 (the first row is chosen)\n\n{ranked}\n")
+    rows, finished, expected = reference_rows(tune_out, reference_out)
+    print(f"## step 2: reference protocol, {finished} of {expected} seeds finished\n\n{format_table(rows)}")
+    if finished < expected:
+        return 1
+    mean, published = rows[-2][4], rows[-1][4]
+    print("\nmean vs published: " + ", ".join(
+        f"{c.upper()} {100 * (mean[c] / published[c] - 1):+.1f}%" for c in ("hr@10", "ndcg@10", "hr@50", "hr@200")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

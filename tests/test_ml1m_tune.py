@@ -1,0 +1,60 @@
+"""The two-step ML-1M HSTU-large tuning: step 2 takes step 1's choice by its written rule, and nothing else."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import ml1m_tune
+from bench.published import PUBLISHED
+from bench.quality import COLUMNS
+from scaling_studies import launch_sweep
+from scaling_studies.sweeps.hstu_large_ml1m_tune import SWEEP as TUNE
+from scaling_studies.sweeps.hstu_large_ml1m_tune import reference_sweep
+
+
+def _finish_step1(out, ndcg_by_run: list[float]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [{"status": "done", "name": r.name, "config_hash": r.config_hash, "overrides": r.overrides,
+             "valid_ndcg@10": v} for r, v in zip(TUNE.expand(), ndcg_by_run)]
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_step2_is_the_tuned_recipe_at_step1s_choice_with_three_seeds(tmp_path):
+    out = tmp_path / "tune"
+    runs = TUNE.expand()
+    assert len(runs) == 9
+    ndcg = [0.15] * 9
+    ndcg[5] = 0.17  # the choice: dropout 0.2, LR 2e-3 in grid order
+    _finish_step1(out, ndcg[:8])
+    with pytest.raises(ValueError, match=rf"{runs[8].name}: not run"):  # no choice on a partial grid
+        reference_sweep(out)
+    _finish_step1(out, ndcg)
+    sweep = reference_sweep(out)
+    assert sweep.config_file == "configs/hstu_large_ml1m_tuned.py" and sweep.seeds == [42, 1, 2]
+    assert sweep.overrides == {"data.store_root": "stores", "train.tensorboard": False,
+                               "model.dropout": 0.2, "optim.learning_rate": 2e-3}
+    assert "data.protocol" not in sweep.overrides  # the tuned recipe's own: reference
+    assert [r.name for r in sweep.expand()] == ["base-s42", "base-s1", "base-s2"]
+    assert launch_sweep.chosen_values(TUNE, out, "valid_ndcg@10") == {"model.dropout": 0.2,
+                                                                      "optim.learning_rate": 2e-3}
+
+
+def test_the_tables_report_each_seed_their_mean_and_the_gap(tmp_path, capsys):
+    tune, ref = tmp_path / "tune", tmp_path / "ref"
+    assert ml1m_tune.main(["--tune", str(tune), "--reference", str(ref)]) == 1  # step 1 not run: its progress
+    assert "step 1 is not complete" in capsys.readouterr().out
+    _finish_step1(tune, [0.15 + 0.001 * i for i in range(9)])  # the last point is chosen
+    runs = reference_sweep(tune).expand()
+    published = PUBLISHED[("ml-1m", "hstu_large")][0][1]
+    for k, run in enumerate(runs):
+        work = ref / "runs" / f"{run.name}-{run.config_hash}"
+        work.mkdir(parents=True)
+        test = {c: (0.9 + 0.05 * k) * published.get(c, 0.1) for c in COLUMNS}  # 0.90, 0.95, 1.00 of published
+        (work / "results.json").write_text(json.dumps({"protocol": "reference", "best_step": 4646, "test": test}))
+        code = ml1m_tune.main(["--tune", str(tune), "--reference", str(ref)])
+        printed = capsys.readouterr().out
+        assert code == (0 if k == 2 else 1) and f"{k + 1} of 3 seeds finished" in printed
+    assert "dropout 0.3, learning_rate 0.002, seed 2, step 4646" in printed
+    assert "mean of the 3 seeds above" in printed
+    assert "HR@10 -5.0%, NDCG@10 -5.0%, HR@50 -5.0%, HR@200 -5.0%" in printed
