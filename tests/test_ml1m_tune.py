@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,8 @@ from bench.quality import COLUMNS
 from scaling_studies import launch_sweep
 from scaling_studies.sweeps.hstu_large_ml1m_tune import SWEEP as TUNE
 from scaling_studies.sweeps.hstu_large_ml1m_tune import reference_sweep
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _finish_step1(out, ndcg_by_run: list[float]) -> None:
@@ -38,6 +41,18 @@ def test_step2_is_the_tuned_recipe_at_step1s_choice_with_three_seeds(tmp_path):
     assert [r.name for r in sweep.expand()] == ["base-s42", "base-s1", "base-s2"]
     assert launch_sweep.chosen_values(TUNE, out, "valid_ndcg@10") == {"model.dropout": 0.2,
                                                                       "optim.learning_rate": 2e-3}
+
+
+def test_the_step2_sweep_file_reads_step1_where_it_is_told(tmp_path, monkeypatch):
+    out = tmp_path / "elsewhere"
+    _finish_step1(out, [0.2] + [0.1] * 8)
+    monkeypatch.setenv("LRM_ML1M_TUNE_OUT", str(out))
+    loaded = launch_sweep.load_sweep(REPO / "scaling_studies" / "sweeps" / "hstu_large_ml1m_tune_reference.py")
+    assert [r.config_hash for r in loaded.expand()] == [r.config_hash for r in reference_sweep(out).expand()]
+    assert loaded.overrides["model.dropout"] == 0.1 and loaded.overrides["optim.learning_rate"] == 5e-4
+    monkeypatch.setenv("LRM_ML1M_TUNE_OUT", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="not run"):
+        launch_sweep.load_sweep(REPO / "scaling_studies" / "sweeps" / "hstu_large_ml1m_tune_reference.py")
 
 
 def test_the_tables_report_each_seed_their_mean_and_the_gap(tmp_path, capsys):
