@@ -219,7 +219,8 @@ def run_progress(workdir: Path) -> dict:
     """How far a run's workdir says it got: its newest logged train row and its newest evaluation row (from
     metrics.jsonl, the end-of-run test row aside) and the newest checkpoint step, the one a re-launch resumes
     from. A sweep that runs across sessions or allocations is followed with this, long before any run ends."""
-    progress: dict = {"train": None, "eval": None, "checkpoint": None, "running": False}
+    progress: dict = {"train": None, "eval": None, "checkpoint": None, "running": False, "steps_per_s": None}
+    train_rows: list[tuple[int, float]] = []
     path = workdir / "metrics.jsonl"
     if path.exists():
         for i, line in enumerate(path.read_text().splitlines(), 1):
@@ -231,9 +232,14 @@ def run_progress(workdir: Path) -> dict:
                 raise ValueError(f"{path}:{i}: not a JSON line ({e})") from e
             if row.get("split") == "train":
                 progress["train"] = row
+                train_rows.append((row["step"], row["time"]))
             elif not row.get("final", False):
                 progress["eval"] = row
     progress["running"] = _marked_running(workdir / RUNNING_MARKER)
+    # The median rate of the newest logging intervals: an evaluation or a resume gap in one of them moves it little.
+    recent = train_rows[-11:]
+    rates = [(b[0] - a[0]) / (b[1] - a[1]) for a, b in zip(recent, recent[1:]) if b[1] > a[1]]
+    progress["steps_per_s"] = sorted(rates)[len(rates) // 2] if rates else None
     ckpts = workdir / "checkpoints"
     steps = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.is_dir() else []
     progress["checkpoint"] = steps[-1] if steps else None
@@ -256,13 +262,20 @@ def _marked_running(marker: Path) -> bool:
     return True
 
 
+def _hours_left(train: dict | None, steps_per_s: float | None) -> str:
+    """Training hours to the run's last step at its recent rate (evaluations not counted); "–" if unknown."""
+    if train is None or "total_steps" not in train or not steps_per_s:
+        return "–"
+    return f"{(train['total_steps'] - train['step']) / steps_per_s / 3600:.1f}"
+
+
 def status_table(sweep: Sweep, out: Path) -> str:
     """One row per run of the sweep: "running" while a launcher on this machine runs it (its `running.pid`
     names a live process), else its last result line's status; the step it reached of its total, the step a
-    re-launch resumes from, its newest evaluation and when it last logged."""
+    re-launch resumes from, its newest evaluation, when it last logged and the training hours it has left."""
     last = {r["config_hash"]: r["status"] for r in read_results(out / "results.jsonl")}
-    lines = ["| run | status | step | resumes from | newest eval | hr@10 | ndcg@10 | last logged (UTC) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | status | step | resumes from | newest eval | hr@10 | ndcg@10 | last logged (UTC) | "
+             "train hours left |", "|---|---|---|---|---|---|---|---|---|"]
     for run in sweep.expand():
         workdir = out / "runs" / f"{run.name}-{run.config_hash}"
         p = run_progress(workdir)
@@ -276,7 +289,7 @@ def status_table(sweep: Sweep, out: Path) -> str:
             f"| {run.name}", state, step, "–" if p["checkpoint"] is None else str(p["checkpoint"]),
             "–" if ev is None else f"{ev['split']} @{ev['step']}",
             "–" if ev is None else f"{ev['hr@10']:.4f}", "–" if ev is None else f"{ev['ndcg@10']:.4f}",
-            f"{logged} |"]))
+            logged, f"{_hours_left(train, p['steps_per_s'])} |"]))
     return "\n".join(lines)
 
 

@@ -252,10 +252,12 @@ def test_status_table_follows_each_run_before_it_ends(tmp_path):
     work = out / "runs" / f"{first.name}-{first.config_hash}"
     (work / "checkpoints" / "40").mkdir(parents=True)
     (work / "checkpoints" / "20").mkdir()
-    rows = [{"step": 20, "split": "train", "time": 0.0, "loss": 5.0, "total_steps": 100},
-            {"step": 20, "split": "valid", "time": 1.0, "hr@10": 0.2, "ndcg@10": 0.1},
-            {"step": 50, "split": "train", "time": 86400.0, "loss": 4.0, "total_steps": 100},
-            {"step": 100, "split": "test", "time": 86401.0, "hr@10": 0.9, "ndcg@10": 0.8, "final": True}]
+    # 10 steps an hour, with one interval stretched by an evaluation and one by a resume a day later
+    times = [0.0, 3600.0, 7200.0, 12600.0, 16200.0, 19800.0, 106200.0, 109800.0]
+    rows = [{"step": 10 * k, "split": "train", "time": t, "loss": 5.0, "total_steps": 100}
+            for k, t in enumerate(times, 1)]
+    rows.insert(2, {"step": 20, "split": "valid", "time": 3601.0, "hr@10": 0.2, "ndcg@10": 0.1})
+    rows.append({"step": 100, "split": "test", "time": 200000.0, "hr@10": 0.9, "ndcg@10": 0.8, "final": True})
     (work / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (out / "results.jsonl").write_text(json.dumps({"status": "preempted", "name": first.name,
                                                    "config_hash": first.config_hash}) + "\n")
@@ -270,9 +272,11 @@ def test_status_table_follows_each_run_before_it_ends(tmp_path):
     lines = launch_sweep.status_table(sweep, out).splitlines()
     cells = [[c.strip() for c in line.strip("| ").split(" | ")] for line in lines[2:]]
     # the newest train row, not the end-of-run test row; the newest checkpoint; the newest evaluation
-    assert cells[0] == [first.name, "preempted", "50/100", "40", "valid @20", "0.2000", "0.1000", "1970-01-02 00:00"]
+    assert cells[0] == [first.name, "preempted", "80/100", "40", "valid @20", "0.2000", "0.1000", "1970-01-02 06:30",
+                        "2.0"]  # 20 steps left at the median rate, 10 an hour
     assert cells[1][:4] == [second.name, "running", "10", "–"]  # a row from before total_steps was logged
-    assert cells[2] == [third.name, "not run"] + ["–"] * 6
+    assert cells[1][-1] == "–"
+    assert cells[2] == [third.name, "not run"] + ["–"] * 7
 
     (work2 / launch_sweep.RUNNING_MARKER).unlink()
     assert launch_sweep.status_table(sweep, out).splitlines()[3].split(" | ")[1] == "started"  # logged, no result
