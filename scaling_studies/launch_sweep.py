@@ -221,20 +221,12 @@ def run_progress(workdir: Path) -> dict:
     from. A sweep that runs across sessions or allocations is followed with this, long before any run ends."""
     progress: dict = {"train": None, "eval": None, "checkpoint": None, "running": False, "steps_per_s": None}
     train_rows: list[tuple[int, float]] = []
-    path = workdir / "metrics.jsonl"
-    if path.exists():
-        for i, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not a JSON line ({e})") from e
-            if row.get("split") == "train":
-                progress["train"] = row
-                train_rows.append((row["step"], row["time"]))
-            elif not row.get("final", False):
-                progress["eval"] = row
+    for row in read_results(workdir / "metrics.jsonl"):  # the same JSON-lines reading (and errors)
+        if row.get("split") == "train":
+            progress["train"] = row
+            train_rows.append((row["step"], row["time"]))
+        elif not row.get("final", False):
+            progress["eval"] = row
     progress["running"] = _marked_running(workdir / RUNNING_MARKER)
     # The median rate of the newest logging intervals: an evaluation or a resume gap in one of them moves it little.
     recent = train_rows[-11:]
