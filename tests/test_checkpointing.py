@@ -252,9 +252,14 @@ def test_reference_protocol_resume_keeps_the_test_evaluations_already_logged(tmp
     train_mod.train_and_evaluate(config(18), tmp_path / "resumed")
     straight = train_mod.train_and_evaluate(config(18), tmp_path / "straight")
     timing = ("time", "examples_per_s", "tokens_per_s", "model_flops_per_s")
-    rows = lambda w: [{k: v for k, v in json.loads(r).items() if k not in timing}  # noqa: E731
+    # total_steps is the length each process was asked for: 12, then 18 for the continued run
+    rows = lambda w: [{k: v for k, v in json.loads(r).items() if k not in timing + ("total_steps",)}  # noqa: E731
                       for r in (w / "metrics.jsonl").read_text().splitlines()]
     assert rows(tmp_path / "resumed") == rows(tmp_path / "straight")
+    for name, total_of in (("straight", lambda step: 18), ("resumed", lambda step: 12 if step <= 12 else 18)):
+        train = [json.loads(r) for r in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(r)["split"] == "train"]
+        assert train and all(r["total_steps"] == total_of(r["step"]) for r in train), name
     tests = [(r["step"], r.get("final", False)) for r in rows(tmp_path / "straight") if r["split"] == "test"]
     assert tests == [(6, False), (12, False), (18, False), (18, True)]
     assert straight["protocol"] == "reference" and straight["valid"] is None
