@@ -201,9 +201,11 @@ def _finished_row(run: Run, returncode: int, workdir: Path, wall: float, *, stop
 
 def progress_line(total: int, counts: dict, running: int, queued: int, walls: list[float], parallel: int) -> str:
     done = counts["done"] + counts["skipped"]
-    eta = (sum(walls) / len(walls)) * (queued + running) / max(parallel, 1) if walls else float("nan")
+    # From the wall times of runs finished by this launcher; none yet: `--status` has each run's hours left.
+    eta = (f"{(sum(walls) / len(walls)) * (queued + running) / max(parallel, 1):.0f}s" if walls
+           else "unknown (see --status)")
     return (f"[sweep] {done}/{total} done ({counts['skipped']} from before), {running} running, "
-            f"{counts['failed']} failed, {counts['preempted']} preempted, {queued} queued, ETA {eta:.0f}s")
+            f"{counts['failed']} failed, {counts['preempted']} preempted, {queued} queued, ETA {eta}")
 
 
 def status(sweep: Sweep, out: Path) -> str:
