@@ -245,6 +245,13 @@ def _status_row(sweep: Sweep, out: Path) -> list[str]:
     return [cell.strip() for cell in line.strip("| ").split(" | ")]
 
 
+def test_progress_line_eta_comes_from_finished_runs_only():
+    counts = {"done": 1, "failed": 0, "preempted": 0, "skipped": 2}
+    assert launch_sweep.progress_line(9, counts, 2, 4, [100.0, 300.0], 2).endswith("3/9 done (2 from before), 2 running, "
+                                                                                 "0 failed, 0 preempted, 4 queued, ETA 600s")
+    assert launch_sweep.progress_line(9, counts, 2, 4, [], 2).endswith("ETA unknown (see --status)")
+
+
 def test_status_table_follows_each_run_before_it_ends(tmp_path):
     sweep = Sweep(name="grid", config_file="configs/tiny.py", axes={"model.dropout": [0.1, 0.2, 0.3]})
     first, second, third = sweep.expand()
