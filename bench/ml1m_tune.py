@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.published import PUBLISHED
 from bench.quality import COLUMNS, format_table
-from scaling_studies.launch_sweep import best_run, status, status_table
+from scaling_studies.launch_sweep import best_run, run_workdir, status, status_table
 from scaling_studies.sweeps.hstu_large_ml1m_tune import SWEEP as TUNE
 from scaling_studies.sweeps.hstu_large_ml1m_tune import reference_sweep
 
@@ -27,7 +27,7 @@ def reference_rows(tune_out: Path, reference_out: Path) -> tuple[list[tuple], in
     chosen = ", ".join(f"{k.split('.')[-1]} {v}" for k, v in sweep.overrides.items() if k in TUNE.axes)
     runs, rows = sweep.expand(), []
     for run in runs:
-        path = reference_out / "runs" / f"{run.name}-{run.config_hash}" / "results.json"
+        path = run_workdir(reference_out, run) / "results.json"
         if path.exists():
             res = json.loads(path.read_text())
             rows.append(("ml-1m", res["protocol"], "hstu_large",

@@ -58,6 +58,11 @@ def command(run: Run, workdir: Path) -> list[str]:
             *(f"--config.{k}={_flag_value(v)}" for k, v in run.overrides.items())]
 
 
+def run_workdir(out: Path, run: Run) -> Path:
+    """Where a run of a sweep in `out` trains: its name and config hash, so a changed config is a new run."""
+    return out / "runs" / f"{run.name}-{run.config_hash}"
+
+
 def read_results(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -139,7 +144,7 @@ def run_local(sweep: Sweep, out: Path, *, parallel: int = 1, poll_s: float = 0.5
         while (queue and not stopping) or running:
             while queue and not stopping and len(running) < parallel:
                 run = queue.pop(0)
-                workdir = out / "runs" / f"{run.name}-{run.config_hash}"
+                workdir = run_workdir(out, run)
                 workdir.mkdir(parents=True, exist_ok=True)
                 with open(workdir / "launch.log", "a") as log:  # "a": a resumed run keeps its earlier log
                     proc = subprocess.Popen(command(run, workdir), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
@@ -271,7 +276,7 @@ def status_table(sweep: Sweep, out: Path) -> str:
     lines = ["| run | status | step | resumes from | newest eval | hr@10 | ndcg@10 | last logged (UTC) | "
              "train hours left |", "|---|---|---|---|---|---|---|---|---|"]
     for run in sweep.expand():
-        workdir = out / "runs" / f"{run.name}-{run.config_hash}"
+        workdir = run_workdir(out, run)
         p = run_progress(workdir)
         train, ev = p["train"], p["eval"]
         state = "running" if p["running"] else last.get(run.config_hash, "started" if train or ev else "not run")
@@ -330,7 +335,7 @@ def write_submission(sweep: Sweep, out: Path, kind: str) -> Path:
     runs = [r for r in sweep.expand() if r.config_hash not in finished]
     sub = out / "submit"
     sub.mkdir(parents=True, exist_ok=True)
-    cmds = [shlex.join(command(r, out / "runs" / f"{r.name}-{r.config_hash}")) for r in runs]
+    cmds = [shlex.join(command(r, run_workdir(out, r))) for r in runs]
     (sub / "commands.txt").write_text("\n".join(cmds) + "\n")
     if kind == "slurm":
         script = sub / "slurm_array.sh"
@@ -379,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         finished = {r["config_hash"] for r in read_results(out / "results.jsonl") if r.get("status") == "done"}
         for r in sweep.expand():
             if r.config_hash not in finished:
-                print(shlex.join(command(r, out / "runs" / f"{r.name}-{r.config_hash}")))
+                print(shlex.join(command(r, run_workdir(out, r))))
         return 0
     if a.submit:
         print(f"wrote {write_submission(sweep, out, a.submit)}")
