@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lrm.training.metrics_writer import json_default
 from scaling_studies import fit as fitlib
 from scaling_studies import plot
 from scaling_studies.study import Study, configurations, load_study, noise_floor, same_budget
@@ -344,7 +345,7 @@ def make_report(study_dir: str | Path, *, true_entropy: float | None = None, par
     if "params" in fits["chinchilla"]:
         fits["chinchilla_e_profile"] = e_profile(objs["configs"], fits["chinchilla"]["params"]["E"],
                                                  true_entropy=true_entropy)
-    (study_dir / "fits.json").write_text(json.dumps(fits, indent=2, default=_json_default))
+    (study_dir / "fits.json").write_text(json.dumps(fits, indent=2, default=json_default))
     figdir = study_dir / "figures"
     figures = [plot.loss_vs_compute(study.runs, objs["frontier"], objs["compute_law"], figdir / "loss_vs_compute.png",
                                     prediction=prediction, true_entropy=true_entropy, metric=study.metric)]
@@ -355,13 +356,6 @@ def make_report(study_dir: str | Path, *, true_entropy: float | None = None, par
     write_report(study, fits, prediction, figures, study_dir / "report.md", true_entropy=true_entropy)
     return fits
 
-
-def _json_default(x):
-    if isinstance(x, (np.integer, np.floating)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -188,6 +188,22 @@ def test_bad_arguments_raise():
         pallas_tpu.hstu_attention(q, k, v, block_sizes=TPUBlockSizes(16, 16, 16, 16), interpret=False)
 
 
+@pytest.mark.parametrize("bad, message", [
+    (dict(time_bias_table=jnp.zeros(10)), "num_time_buckets\\+1 = 129"),
+    (dict(timestamps_BxL=jnp.zeros((2, 12), jnp.int32)), r"timestamps_BxL must have shape \(1, 12\)"),
+    (dict(query_timestamps_BxL=jnp.zeros((1, 11), jnp.int32)), "query_timestamps_BxL shape"),
+    (dict(pos_bias_table=jnp.zeros((3, 5))), "must be 1-D"),
+])
+def test_reference_and_kernels_reject_the_same_bias_arguments(bad, message):
+    """One checker serves all three implementations, so a bad bias argument reads the same error everywhere."""
+    q, k, v, _, _ = make_case(10, B=1, L=12, H=1, D=4, Dv=4, dtype=jnp.float32, time=False)
+    kw = dict(time_bias_table=jnp.zeros(129), timestamps_BxL=jnp.zeros((1, 12), jnp.int32))
+    kw.update(bad)
+    for impl in (hstu_attention_reference, GPU, TPU):
+        with pytest.raises(ValueError, match=message):
+            impl(q, k, v, **kw)
+
+
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
 def test_kernels_lower_for_hardware(platform):
     """Every kernel (forward and the three backward ones) lowers to Triton IR / Mosaic for the real device,

@@ -218,7 +218,7 @@ class HSTULayer(nnx.Module):
             # The whole relative bias, indexed by positions (candidates share position n), enters as a dense
             # bias in the order the reference adds it; the tables are not passed again.
             dense_bias_BxLxL = relative_bias.relative_bias_BxLxL(
-                L=L, pos_bias_table=pos_table, time_bias_table=time_table, timestamps_BxL=timestamps_BxL,
+                L=L, B=B, pos_bias_table=pos_table, time_bias_table=time_table, timestamps_BxL=timestamps_BxL,
                 query_timestamps_BxL=query_timestamps_BxL, num_time_buckets=cfg.num_time_buckets,
                 time_bucket_divisor=cfg.time_bucket_divisor, positions_BxL=jnp.asarray(batch["positions_BxL"]))
             pos_table = time_table = timestamps_BxL = query_timestamps_BxL = None

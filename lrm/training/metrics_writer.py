@@ -6,6 +6,16 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
+
+
+def json_default(x):
+    """`json.dumps(default=...)` for the numpy scalars and arrays that results and fits carry."""
+    if isinstance(x, (np.integer, np.floating)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
 class MetricsWriter:

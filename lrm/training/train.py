@@ -29,7 +29,7 @@ from lrm.training.checkpointing import (PreemptionFlag, TrainCheckpointer, preem
                                         truncate_metrics)
 from lrm.training import sharded
 from lrm.training.data import open_or_build_store
-from lrm.training.metrics_writer import MetricsWriter, Progress
+from lrm.training.metrics_writer import MetricsWriter, Progress, json_default
 from lrm.training.mfu import MfuMeter
 from lrm.training.optimizer import make_optimizer
 
@@ -264,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     ckpt.wait()
     ckpt.close()
     if is_main:
-        (workdir / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
+        (workdir / "results.json").write_text(json.dumps(results, indent=2, default=json_default))
         logging.info("test (%s): %s", selected, " ".join(f"{k}={v:.4f}" for k, v in test.items()))
     writer.close()
     return results
@@ -284,10 +284,3 @@ def selection_score(metrics: dict, name: str) -> float:
         raise KeyError(f"train.select_metric={name!r} is not an eval metric; have {sorted(metrics)}")
     return -float(metrics[name]) if name in LOWER_IS_BETTER else float(metrics[name])
 
-
-def _json_default(x):
-    if isinstance(x, (np.integer, np.floating)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x)}")

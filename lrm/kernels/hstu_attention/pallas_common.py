@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from lrm.kernels.hstu_attention import relative_bias
-from lrm.kernels.hstu_attention.reference import resolve_segment_ids
+from lrm.kernels.hstu_attention.reference import check_shapes, resolve_segment_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,12 +128,7 @@ def prepare(
     interpret: bool,
 ) -> tuple[KernelConfig, Inputs]:
     """Check the arguments like the reference does and build the padded kernel inputs."""
-    if q_BxLxHxD.ndim != 4:
-        raise ValueError(f"q must be (B, L, H, D), got shape {q_BxLxHxD.shape}")
-    if k_BxLxHxD.shape != q_BxLxHxD.shape:
-        raise ValueError(f"k shape {k_BxLxHxD.shape} != q shape {q_BxLxHxD.shape}")
-    if v_BxLxHxDv.ndim != 4 or v_BxLxHxDv.shape[:3] != q_BxLxHxD.shape[:3]:
-        raise ValueError(f"v must be (B, L, H, Dv) matching q {q_BxLxHxD.shape[:3]}, got {v_BxLxHxDv.shape}")
+    check_shapes(q_BxLxHxD, k_BxLxHxD, v_BxLxHxDv)
     B, L, H, D = q_BxLxHxD.shape
     Dv = v_BxLxHxDv.shape[-1]
     if window is not None and window < 1:
@@ -150,30 +145,15 @@ def prepare(
 
     pos_max_len = None
     if pos_bias_table is not None:
-        if pos_bias_table.ndim != 1:
-            raise ValueError(f"pos_bias_table must be 1-D (2N-1,), got shape {pos_bias_table.shape}")
         pos_max_len = relative_bias.table_max_len(pos_bias_table)
         if L > pos_max_len:
             raise ValueError(f"sequence length L={L} exceeds the position table's max length N={pos_max_len}")
 
     ts_BxL = qts_BxL = None
     if time_bias_table is not None:
-        if time_bias_table.shape != (num_time_buckets + 1,):
-            raise ValueError(
-                f"time_bias_table must have num_time_buckets+1 = {num_time_buckets + 1} entries, "
-                f"got shape {time_bias_table.shape}"
-            )
-        if timestamps_BxL is None:
-            raise ValueError("time_bias_table needs timestamps_BxL")
-        if timestamps_BxL.shape != (B, L):
-            raise ValueError(f"timestamps_BxL must have shape {(B, L)}, got {timestamps_BxL.shape}")
-        if query_timestamps_BxL is None:
-            query_timestamps_BxL = timestamps_BxL
-        if query_timestamps_BxL.shape != timestamps_BxL.shape:
-            raise ValueError(
-                f"query_timestamps_BxL shape {query_timestamps_BxL.shape} != timestamps_BxL shape "
-                f"{timestamps_BxL.shape}"
-            )
+        timestamps_BxL, query_timestamps_BxL = relative_bias.checked_timestamps(
+            time_bias_table, timestamps_BxL, query_timestamps_BxL, L=L, num_time_buckets=num_time_buckets, B=B
+        )
         ts_BxL, qts_BxL = _timestamps(timestamps_BxL), _timestamps(query_timestamps_BxL)
 
     dense_mode = None

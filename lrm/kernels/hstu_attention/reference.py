@@ -74,7 +74,8 @@ def attention_mask_BxLxL(
     return mask_BxLxL
 
 
-def _check_shapes(q_BxLxHxD: jax.Array, k_BxLxHxD: jax.Array, v_BxLxHxDv: jax.Array) -> None:
+def check_shapes(q_BxLxHxD: jax.Array, k_BxLxHxD: jax.Array, v_BxLxHxDv: jax.Array) -> None:
+    """q, k, v shapes as every implementation requires them."""
     if q_BxLxHxD.ndim != 4:
         raise ValueError(f"q must be (B, L, H, D), got shape {q_BxLxHxD.shape}")
     if k_BxLxHxD.shape != q_BxLxHxD.shape:
@@ -106,7 +107,7 @@ def hstu_attention_reference(
     dropout_key: jax.Array | None = None,
 ) -> jax.Array:
     """Dense reference; see `lrm.kernels.hstu_attention.hstu_attention` for the argument contract."""
-    _check_shapes(q_BxLxHxD, k_BxLxHxD, v_BxLxHxDv)
+    check_shapes(q_BxLxHxD, k_BxLxHxD, v_BxLxHxDv)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     B, L, H, _ = q_BxLxHxD.shape
@@ -120,6 +121,7 @@ def hstu_attention_reference(
     ) * jnp.float32(alpha)
     rel_bias = relative_bias.relative_bias_BxLxL(
         L=L,
+        B=B,
         pos_bias_table=pos_bias_table,
         time_bias_table=time_bias_table,
         timestamps_BxL=timestamps_BxL,

@@ -58,10 +58,44 @@ def position_index_BxLxL(positions_BxL: jax.Array, N: int) -> jax.Array:
 
 def table_max_len(pos_bias_table: jax.Array) -> int:
     """N of a (2N-1,) position bias table."""
+    if pos_bias_table.ndim != 1:
+        raise ValueError(f"pos_bias_table must be 1-D (2N-1,), got shape {pos_bias_table.shape}")
     (size,) = pos_bias_table.shape
     if size % 2 != 1:
         raise ValueError(f"pos_bias_table must have 2N-1 (odd) entries, got {size}")
     return (size + 1) // 2
+
+
+def checked_timestamps(
+    time_bias_table: jax.Array,
+    timestamps_BxL: jax.Array | None,
+    query_timestamps_BxL: jax.Array | None,
+    *,
+    L: int,
+    num_time_buckets: int,
+    B: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """The time-bias arguments, checked the same way for the reference and the kernels.
+
+    Returns (key timestamps, query timestamps); the query times default to the key times.
+    """
+    if time_bias_table.shape != (num_time_buckets + 1,):
+        raise ValueError(
+            f"time_bias_table must have num_time_buckets+1 = {num_time_buckets + 1} entries, "
+            f"got shape {time_bias_table.shape}"
+        )
+    if timestamps_BxL is None:
+        raise ValueError("time_bias_table needs timestamps_BxL")
+    if timestamps_BxL.ndim != 2 or timestamps_BxL.shape[1] != L or B not in (None, timestamps_BxL.shape[0]):
+        raise ValueError(f"timestamps_BxL must have shape ({'B' if B is None else B}, {L}), got {timestamps_BxL.shape}")
+    if query_timestamps_BxL is None:
+        query_timestamps_BxL = timestamps_BxL
+    if query_timestamps_BxL.shape != timestamps_BxL.shape:
+        raise ValueError(
+            f"query_timestamps_BxL shape {query_timestamps_BxL.shape} != timestamps_BxL shape "
+            f"{timestamps_BxL.shape}"
+        )
+    return timestamps_BxL, query_timestamps_BxL
 
 
 def relative_bias_BxLxL(
@@ -74,45 +108,34 @@ def relative_bias_BxLxL(
     num_time_buckets: int = DEFAULT_NUM_TIME_BUCKETS,
     time_bucket_divisor: float = DEFAULT_TIME_BUCKET_DIVISOR,
     positions_BxL: jax.Array | None = None,
+    B: int | None = None,
 ) -> jax.Array | None:
     """Dense f32 bias `pos[N-1 + j-i] + ts[bucket(query_ts[i] - ts[j])]`; (1, L, L) without a time table.
 
     Returns None when neither table is given. Query row i uses `query_timestamps_BxL[i]` (the reference
     uses the NEXT event's time there); it defaults to `timestamps_BxL`. With `positions_BxL` the position
     offset is `positions[j] - positions[i]` (`position_index_BxLxL`) instead of the slot offset `j - i`;
-    positions outside the table give NaN, never a silently clamped entry.
+    positions outside the table give NaN, never a silently clamped entry. With `B` the per-row arrays must have
+    that many rows (otherwise a (1, L) array would broadcast over the batch unnoticed).
     """
     bias = None
     if pos_bias_table is not None:
-        if pos_bias_table.ndim != 1:
-            raise ValueError(f"pos_bias_table must be 1-D (2N-1,), got shape {pos_bias_table.shape}")
         N = table_max_len(pos_bias_table)
         if positions_BxL is None:
             bias = pos_bias_table.astype(jnp.float32)[relative_position_index(L, N)][None]
         else:
-            if positions_BxL.ndim != 2 or positions_BxL.shape[1] != L:
-                raise ValueError(f"positions_BxL must have shape (B, {L}), got {positions_BxL.shape}")
+            if positions_BxL.ndim != 2 or positions_BxL.shape[1] != L or B not in (None, positions_BxL.shape[0]):
+                raise ValueError(
+                    f"positions_BxL must have shape ({'B' if B is None else B}, {L}), got {positions_BxL.shape}"
+                )
             index_BxLxL = position_index_BxLxL(positions_BxL, N)
             index_BxLxL = jnp.where((index_BxLxL < 0) | (index_BxLxL > 2 * N - 2), 2 * N - 1, index_BxLxL)
             bias = jnp.take(pos_bias_table.astype(jnp.float32), index_BxLxL, axis=0, mode="fill",
                             fill_value=jnp.nan)
     if time_bias_table is not None:
-        if time_bias_table.shape != (num_time_buckets + 1,):
-            raise ValueError(
-                f"time_bias_table must have num_time_buckets+1 = {num_time_buckets + 1} entries, "
-                f"got shape {time_bias_table.shape}"
-            )
-        if timestamps_BxL is None:
-            raise ValueError("time_bias_table needs timestamps_BxL")
-        if timestamps_BxL.ndim != 2 or timestamps_BxL.shape[1] != L:
-            raise ValueError(f"timestamps_BxL must have shape (B, {L}), got {timestamps_BxL.shape}")
-        if query_timestamps_BxL is None:
-            query_timestamps_BxL = timestamps_BxL
-        if query_timestamps_BxL.shape != timestamps_BxL.shape:
-            raise ValueError(
-                f"query_timestamps_BxL shape {query_timestamps_BxL.shape} != timestamps_BxL shape "
-                f"{timestamps_BxL.shape}"
-            )
+        timestamps_BxL, query_timestamps_BxL = checked_timestamps(
+            time_bias_table, timestamps_BxL, query_timestamps_BxL, L=L, num_time_buckets=num_time_buckets, B=B
+        )
         dt_BxLxL = query_timestamps_BxL[:, :, None] - timestamps_BxL[:, None, :]
         bucket_BxLxL = time_bucket(dt_BxLxL, num_buckets=num_time_buckets, divisor=time_bucket_divisor)
         time_BxLxL = time_bias_table.astype(jnp.float32)[bucket_BxLxL]
