@@ -21,6 +21,12 @@ def _finish_step1(out, ndcg_by_run: list[float]) -> None:
     rows = [{"status": "done", "name": r.name, "config_hash": r.config_hash, "overrides": r.overrides,
              "valid_ndcg@10": v} for r, v in zip(TUNE.expand(), ndcg_by_run)]
     (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for k, (run, v) in enumerate(zip(TUNE.expand(), ndcg_by_run)):
+        work = launch_sweep.run_workdir(out, run)
+        work.mkdir(parents=True, exist_ok=True)
+        test = {c: v + 0.0001 * k for c in COLUMNS}
+        (work / "results.json").write_text(json.dumps({"protocol": "loo-val", "best_step": 100 * (k + 1),
+                                                       "test": test}))
 
 
 def test_step2_is_the_tuned_recipe_at_step1s_choice_with_three_seeds(tmp_path):
@@ -58,7 +64,12 @@ def test_the_step2_sweep_file_reads_step1_where_it_is_told(tmp_path, monkeypatch
 def test_the_tables_report_each_seed_their_mean_and_the_gap(tmp_path, capsys):
     tune, ref = tmp_path / "tune", tmp_path / "ref"
     assert ml1m_tune.main(["--tune", str(tune), "--reference", str(ref)]) == 1  # step 1 not run: its progress
-    assert "step 1 is not complete" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "step 1 is not complete" in printed and "the finished runs on the test split" not in printed
+    _finish_step1(tune, [0.15, 0.16])  # two runs finished: their test readings follow the progress table
+    assert ml1m_tune.main(["--tune", str(tune), "--reference", str(ref)]) == 1
+    printed = capsys.readouterr().out
+    assert "step 1 is not complete" in printed and printed.count("test at the best valid step") == 2
     _finish_step1(tune, [0.15 + 0.001 * i for i in range(9)])  # the last point is chosen
     runs = reference_sweep(tune).expand()
     published = PUBLISHED[("ml-1m", "hstu_large")][0][1]
@@ -71,5 +82,12 @@ def test_the_tables_report_each_seed_their_mean_and_the_gap(tmp_path, capsys):
         printed = capsys.readouterr().out
         assert code == (0 if k == 2 else 1) and f"{k + 1} of 3 seeds finished" in printed
     assert "dropout 0.3, learning_rate 0.002, seed 2, step 4646" in printed
+    # Step 1's test reading: every run at its own best validation step, beside the published.
+    step1_test = printed.split("## step 1 on the test split")[1].split("## step 2")[0]
+    assert step1_test.count("test at the best valid step") == 9
+    assert "| ml-1m | loo-val | hstu_large | lrm (position bias only), dropout 0.1, learning_rate 0.0005, test at " \
+           "the best valid step 100 | 0.1500 |" in step1_test
+    assert "dropout 0.3, learning_rate 0.002, test at the best valid step 900 | 0.1588 |" in step1_test
+    assert "generative-recommenders" in step1_test
     assert "mean of the 3 seeds above" in printed
     assert "HR@10 -5.0%, NDCG@10 -5.0%, HR@50 -5.0%, HR@200 -5.0%" in printed
