@@ -131,7 +131,7 @@ def run_local(sweep: Sweep, out: Path, *, parallel: int = 1, poll_s: float = 0.5
     runs = sweep.expand()
     todo = [r for r in runs if r.config_hash not in finished]
     counts = {"done": 0, "failed": 0, "preempted": 0, "skipped": len(runs) - len(todo)}
-    running: dict[str, tuple[Run, subprocess.Popen, float, Path]] = {}
+    running: dict[str, tuple[Run, subprocess.Popen, float, Path, int | None]] = {}
     walls: list[float] = []
     queue = list(todo)
     child_env = {**os.environ, **(env or {})}
@@ -146,27 +146,29 @@ def run_local(sweep: Sweep, out: Path, *, parallel: int = 1, poll_s: float = 0.5
                 run = queue.pop(0)
                 workdir = run_workdir(out, run)
                 workdir.mkdir(parents=True, exist_ok=True)
+                resumes_from = run_progress(workdir)["checkpoint"]
                 with open(workdir / "launch.log", "a") as log:  # "a": a resumed run keeps its earlier log
                     proc = subprocess.Popen(command(run, workdir), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                             env=child_env)
                 marker = workdir / RUNNING_MARKER
                 marker.with_suffix(".tmp").write_text(f"{proc.pid}\n")
                 marker.with_suffix(".tmp").replace(marker)  # a reader never sees it half written
-                running[run.config_hash] = (run, proc, time.perf_counter(), workdir)
+                running[run.config_hash] = (run, proc, time.perf_counter(), workdir, resumes_from)
             time.sleep(poll_s)
             if stopping:  # also reaches a trainer started just before the signal
                 for key in running.keys() - signalled:
                     running[key][1].send_signal(signal.SIGTERM)
                     signalled.add(key)
-            for key, (run, proc, t0, workdir) in list(running.items()):
+            for key, (run, proc, t0, workdir, resumes_from) in list(running.items()):
                 if proc.poll() is None:
                     continue
                 del running[key]
                 (workdir / RUNNING_MARKER).unlink(missing_ok=True)
                 row = _finished_row(run, proc.returncode, workdir, time.perf_counter() - t0,
                                     stopped_by_launcher=key in signalled)
+                row["resumed_from_step"] = resumes_from
                 counts[row["status"]] += 1
-                if row["status"] == "done":
+                if row["status"] == "done" and resumes_from is None:  # a resumed run's wall is part of a run
                     walls.append(row["wall_s"])
                 _append(results, row)
                 print(progress_line(len(runs), counts, len(running), len(queue), walls, parallel), flush=True)
@@ -206,7 +208,8 @@ def _finished_row(run: Run, returncode: int, workdir: Path, wall: float, *, stop
 
 def progress_line(total: int, counts: dict, running: int, queued: int, walls: list[float], parallel: int) -> str:
     done = counts["done"] + counts["skipped"]
-    # From the wall times of runs finished by this launcher; none yet: `--status` has each run's hours left.
+    # From the wall times of whole runs (started from scratch) finished by this launcher; none yet: `--status` has
+    # each run's hours left.
     eta = (f"{(sum(walls) / len(walls)) * (queued + running) / max(parallel, 1):.0f}s" if walls
            else "unknown (see --status)")
     return (f"[sweep] {done}/{total} done ({counts['skipped']} from before), {running} running, "

@@ -186,7 +186,7 @@ def test_sweep_survives_a_failure_and_relaunch_runs_only_what_is_missing(tmp_pat
     assert "model.embed_dim=-1" in (out / "submit" / "commands.txt").read_text()
 
 
-def test_sigterm_to_the_launcher_preempts_its_runs_and_a_relaunch_resumes_them(tmp_path):
+def test_sigterm_to_the_launcher_preempts_its_runs_and_a_relaunch_resumes_them(tmp_path, capsys):
     # One long tiny run; SIGTERM reaches the launcher (an allocation ending) while the trainer is mid-run.
     sweep_file = tmp_path / "long_sweep.py"
     sweep_file.write_text(
@@ -223,6 +223,7 @@ def test_sigterm_to_the_launcher_preempts_its_runs_and_a_relaunch_resumes_them(t
     assert "1 run(s) saved a checkpoint" in output
     rows = launch_sweep.read_results(out / "results.jsonl")
     assert [r["status"] for r in rows] == ["preempted"], rows
+    assert rows[0]["resumed_from_step"] is None  # its first launch started from scratch
     sweep = launch_sweep.load_sweep(sweep_file)
     assert "0 done, 0 failed, 1 preempted, 0 not run" in launch_sweep.status(sweep, out)
     workdir = logs[0].parent
@@ -230,8 +231,13 @@ def test_sigterm_to_the_launcher_preempts_its_runs_and_a_relaunch_resumes_them(t
     assert stopped_at and 0 < stopped_at[-1] < 400, stopped_at  # saved mid-run
     logged = stopped_at[-1] // 10 * 10  # train rows every 10 steps; the checkpoint is of the step it stopped at
     assert _status_row(sweep, out)[1:4] == ["preempted", f"{logged}/400", str(stopped_at[-1])]
+    capsys.readouterr()
     again = launch_sweep.run_local(sweep, out, env={"JAX_PLATFORMS": "cpu"})
     assert again == {"done": 1, "failed": 0, "preempted": 0, "skipped": 0}
+    assert launch_sweep.read_results(out / "results.jsonl")[-1]["resumed_from_step"] == stopped_at[-1]
+    # The resumed run's wall covers only its last part: no ETA is made from it.
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[sweep] 1/1 done")]
+    assert line.endswith("0 queued, ETA unknown (see --status)"), line
     log = logs[0].read_text()
     assert f"resumed from {workdir / 'checkpoints'} at step {stopped_at[-1]}" in log  # not from scratch
     assert json.loads((workdir / "results.json").read_text())["steps_run"] == 400
