@@ -20,11 +20,20 @@ from scaling_studies.sweeps.hstu_large_ml1m_tune import SWEEP as TUNE
 from scaling_studies.sweeps.hstu_large_ml1m_tune import reference_sweep
 
 
+def _knobs(overrides: dict) -> str:
+    """The swept keys of a run, e.g. "dropout 0.1, learning_rate 0.001"."""
+    return ", ".join(f"{k.split('.')[-1]} {v}" for k, v in overrides.items() if k in TUNE.axes)
+
+
+def _published_rows() -> list[tuple]:
+    return [("ml-1m", "reference", "hstu_large", src, m) for src, m in PUBLISHED[("ml-1m", "hstu_large")]]
+
+
 def reference_rows(tune_out: Path, reference_out: Path) -> tuple[list[tuple], int, int]:
     """format_table rows of the finished step-2 runs (one a seed, then their mean and the published), how many
     of them finished and how many step-2 runs there are."""
     sweep = reference_sweep(tune_out)
-    chosen = ", ".join(f"{k.split('.')[-1]} {v}" for k, v in sweep.overrides.items() if k in TUNE.axes)
+    chosen = _knobs(sweep.overrides)
     runs, rows = sweep.expand(), []
     for run in runs:
         path = run_workdir(reference_out, run) / "results.json"
@@ -37,12 +46,11 @@ def reference_rows(tune_out: Path, reference_out: Path) -> tuple[list[tuple], in
     if finished > 1:
         mean = {c: sum(r[4][c] for r in rows) / finished for c in COLUMNS}
         rows.append(("ml-1m", rows[0][1], "hstu_large", f"lrm, mean of the {finished} seeds above", mean))
-    rows += [("ml-1m", "reference", "hstu_large", src, m) for src, m in PUBLISHED[("ml-1m", "hstu_large")]]
-    return rows, finished, len(runs)
+    return rows + _published_rows(), finished, len(runs)
 
 
 def tune_test_rows(tune_out: Path) -> list[tuple]:
-    """format_table rows of step 1's test split, each run at its best validation step, beside the published.
+    """format_table rows of step 1's test split, each finished run at its best validation step.
 
     The generative-recommenders maintainers say their table's epochs were chosen this way, by early stopping on a
     validation event split off by position (meta-recsys/generative-recommenders issues #61 and #8). These models
@@ -55,11 +63,10 @@ def tune_test_rows(tune_out: Path) -> list[tuple]:
         if not path.exists():
             continue
         res = json.loads(path.read_text())
-        knobs = ", ".join(f"{k.split('.')[-1]} {v}" for k, v in run.overrides.items() if k in TUNE.axes)
         rows.append(("ml-1m", res["protocol"], "hstu_large",
-                     f"lrm (position bias only), {knobs}, test at the best valid step {res['best_step']}",
-                     res["test"]))
-    return rows + [("ml-1m", "reference", "hstu_large", src, m) for src, m in PUBLISHED[("ml-1m", "hstu_large")]]
+                     f"lrm (position bias only), {_knobs(run.overrides)}, test at the best valid step "
+                     f"{res['best_step']}", res["test"]))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,13 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"step 1 is not complete ({e}).\n\n{status(TUNE, tune_out)}\n{status_table(TUNE, tune_out)}")
         finished = tune_test_rows(tune_out)
-        if len(finished) > len(PUBLISHED[("ml-1m", "hstu_large")]):
+        if finished:
             print(f"\n## the finished runs on the test split, each at its best validation step\n\n"
-                  f"{format_table(finished)}")
+                  f"{format_table(finished + _published_rows())}")
         return 1
     print(f"## step 1: {TUNE.name}, loo-val, ranked by validation NDCG@10 (the first row is chosen)\n\n{ranked}\n")
     print("## step 1 on the test split, each run at its best validation step (the maintainers' early-stopping "
-          f"reading; not used for the choice)\n\n{format_table(tune_test_rows(tune_out))}\n")
+          f"reading; not used for the choice)\n\n{format_table(tune_test_rows(tune_out) + _published_rows())}\n")
     rows, finished, expected = reference_rows(tune_out, reference_out)
     print(f"## step 2: reference protocol, {finished} of {expected} seeds finished\n\n{format_table(rows)}")
     if finished < expected:

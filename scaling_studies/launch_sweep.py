@@ -146,7 +146,7 @@ def run_local(sweep: Sweep, out: Path, *, parallel: int = 1, poll_s: float = 0.5
                 run = queue.pop(0)
                 workdir = run_workdir(out, run)
                 workdir.mkdir(parents=True, exist_ok=True)
-                resumes_from = run_progress(workdir)["checkpoint"]
+                resumes_from = newest_checkpoint(workdir)
                 with open(workdir / "launch.log", "a") as log:  # "a": a resumed run keeps its earlier log
                     proc = subprocess.Popen(command(run, workdir), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                             env=child_env)
@@ -242,10 +242,15 @@ def run_progress(workdir: Path) -> dict:
     recent = train_rows[-11:]
     rates = [(b[0] - a[0]) / (b[1] - a[1]) for a, b in zip(recent, recent[1:]) if b[1] > a[1]]
     progress["steps_per_s"] = sorted(rates)[len(rates) // 2] if rates else None
-    ckpts = workdir / "checkpoints"
-    steps = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.is_dir() else []
-    progress["checkpoint"] = steps[-1] if steps else None
+    progress["checkpoint"] = newest_checkpoint(workdir)
     return progress
+
+
+def newest_checkpoint(workdir: Path) -> int | None:
+    """The step of the newest checkpoint in a run's workdir, the one a re-launch resumes from (None: from scratch)."""
+    ckpts = workdir / "checkpoints"
+    steps = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.is_dir() else []
+    return max(steps, default=None)
 
 
 def _marked_running(marker: Path) -> bool:
