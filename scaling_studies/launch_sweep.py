@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import importlib.util
 import json
 import math
@@ -24,7 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from lrm.training.exit_codes import PREEMPTED
 from scaling_studies.sweeps import Run, Sweep
@@ -118,9 +119,28 @@ def _append(path: Path, row: dict) -> None:
         f.write(json.dumps(row, default=str) + "\n")
 
 
-def run_local(sweep: Sweep, out: Path, *, parallel: int = 1, poll_s: float = 0.5, env: dict | None = None) -> dict:
-    """Runs what is missing; returns counts {done, failed, preempted, skipped}."""
+def cpu_slots(parallel: int, cpus_per_run: int, available: Iterable[int] | None = None) -> list[tuple[int, ...]]:
+    """`parallel` disjoint sets of `cpus_per_run` cores, taken in order from `available` (default: the cores this
+    process may run on).
+
+    Why: side-by-side CPU runs that float over the same cores time-share them, each with XLA thread pools sized to
+    all of them; a run held to cores of its own gets pools of its size, as XLA reads the affinity mask at start-up
+    (docs/benchmarks.md, "Side-by-side CPU runs")."""
+    if parallel < 1 or cpus_per_run < 1:
+        raise ValueError(f"parallel ({parallel}) and cpus_per_run ({cpus_per_run}) must be >= 1")
+    cores = sorted(os.sched_getaffinity(0) if available is None else available)
+    if parallel * cpus_per_run > len(cores):
+        raise ValueError(f"--parallel {parallel} x --cpus_per_run {cpus_per_run} needs {parallel * cpus_per_run} "
+                         f"cores; this process may use {len(cores)}: {cores}")
+    return [tuple(cores[i * cpus_per_run:(i + 1) * cpus_per_run]) for i in range(parallel)]
+
+
+def run_local(sweep: Sweep, out: Path, *, parallel: int = 1, cpus_per_run: int = 0, poll_s: float = 0.5,
+              env: dict | None = None) -> dict:
+    """Runs what is missing; returns counts {done, failed, preempted, skipped}. `cpus_per_run` > 0 holds each
+    running trainer to cores of its own (`cpu_slots`); its results row names them."""
     out.mkdir(parents=True, exist_ok=True)
+    free_slots: list[tuple[int, ...] | None] = cpu_slots(parallel, cpus_per_run) if cpus_per_run else [None] * parallel
     if sweep.synthetic is not None:
         from data_pipeline.datasets.synthetic import write_synthetic_store
 
@@ -131,7 +151,7 @@ def run_local(sweep: Sweep, out: Path, *, parallel: int = 1, poll_s: float = 0.5
     runs = sweep.expand()
     todo = [r for r in runs if r.config_hash not in finished]
     counts = {"done": 0, "failed": 0, "preempted": 0, "skipped": len(runs) - len(todo)}
-    running: dict[str, tuple[Run, subprocess.Popen, float, Path, int | None]] = {}
+    running: dict[str, tuple[Run, subprocess.Popen, float, Path, int | None, tuple[int, ...] | None]] = {}
     walls: list[float] = []
     queue = list(todo)
     child_env = {**os.environ, **(env or {})}
@@ -147,26 +167,30 @@ def run_local(sweep: Sweep, out: Path, *, parallel: int = 1, poll_s: float = 0.5
                 workdir = run_workdir(out, run)
                 workdir.mkdir(parents=True, exist_ok=True)
                 resumes_from = newest_checkpoint(workdir)
+                cores = free_slots.pop(0)
+                pin = None if cores is None else functools.partial(os.sched_setaffinity, 0, cores)
                 with open(workdir / "launch.log", "a") as log:  # "a": a resumed run keeps its earlier log
                     proc = subprocess.Popen(command(run, workdir), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                            env=child_env)
+                                            env=child_env, preexec_fn=pin)
                 marker = workdir / RUNNING_MARKER
                 marker.with_suffix(".tmp").write_text(f"{proc.pid}\n")
                 marker.with_suffix(".tmp").replace(marker)  # a reader never sees it half written
-                running[run.config_hash] = (run, proc, time.perf_counter(), workdir, resumes_from)
+                running[run.config_hash] = (run, proc, time.perf_counter(), workdir, resumes_from, cores)
             time.sleep(poll_s)
             if stopping:  # also reaches a trainer started just before the signal
                 for key in running.keys() - signalled:
                     running[key][1].send_signal(signal.SIGTERM)
                     signalled.add(key)
-            for key, (run, proc, t0, workdir, resumes_from) in list(running.items()):
+            for key, (run, proc, t0, workdir, resumes_from, cores) in list(running.items()):
                 if proc.poll() is None:
                     continue
                 del running[key]
+                free_slots.append(cores)
                 (workdir / RUNNING_MARKER).unlink(missing_ok=True)
                 row = _finished_row(run, proc.returncode, workdir, time.perf_counter() - t0,
                                     stopped_by_launcher=key in signalled)
                 row["resumed_from_step"] = resumes_from
+                row["cpus"] = None if cores is None else list(cores)
                 counts[row["status"]] += 1
                 if row["status"] == "done" and resumes_from is None:  # a resumed run's wall is part of a run
                     walls.append(row["wall_s"])
@@ -369,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sweep", help="path to a sweep file defining SWEEP")
     p.add_argument("--out", required=True, help="sweep directory (results.jsonl, runs/, submit/)")
     p.add_argument("--parallel", type=int, default=1)
+    p.add_argument("--cpus_per_run", type=int, default=0,
+                   help="local mode on CPU: hold each running trainer to this many cores of its own (Linux), so "
+                        "side-by-side runs do not time-share cores; 0 (default): no pinning")
     p.add_argument("--dry_run", action="store_true", help="print the commands of the runs still missing")
     p.add_argument("--submit", choices=["slurm", "tpu"], help="write cluster scripts instead of running")
     p.add_argument("--status", action="store_true",
@@ -378,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="print the finished runs ranked by METRIC (a result-line key, e.g. valid_ndcg@10), then the "
                         "overrides of the best as one JSON line, and exit; an error unless every run is done")
     a = p.parse_args(argv)
+    if a.cpus_per_run and (a.submit or a.dry_run or a.status or a.best):
+        p.error("--cpus_per_run applies to local runs only")
     sweep, out = load_sweep(a.sweep), Path(a.out)
     if a.status:
         print(status(sweep, out))
@@ -397,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.submit:
         print(f"wrote {write_submission(sweep, out, a.submit)}")
         return 0
-    counts = run_local(sweep, out, parallel=a.parallel)
+    counts = run_local(sweep, out, parallel=a.parallel, cpus_per_run=a.cpus_per_run)
     print(status(sweep, out))
     return 1 if counts["failed"] else PREEMPTED if counts["preempted"] else 0
 

@@ -232,9 +232,15 @@ def test_sigterm_to_the_launcher_preempts_its_runs_and_a_relaunch_resumes_them(t
     logged = stopped_at[-1] // 10 * 10  # train rows every 10 steps; the checkpoint is of the step it stopped at
     assert _status_row(sweep, out)[1:4] == ["preempted", f"{logged}/400", str(stopped_at[-1])]
     capsys.readouterr()
-    again = launch_sweep.run_local(sweep, out, env={"JAX_PLATFORMS": "cpu"})
+    assert rows[0]["cpus"] is None  # launched without --cpus_per_run: not pinned
+    # The resume is held to one core of its own: the trainer itself reports the cores it could run on.
+    again = launch_sweep.run_local(sweep, out, cpus_per_run=1, env={"JAX_PLATFORMS": "cpu"})
     assert again == {"done": 1, "failed": 0, "preempted": 0, "skipped": 0}
-    assert launch_sweep.read_results(out / "results.jsonl")[-1]["resumed_from_step"] == stopped_at[-1]
+    last = launch_sweep.read_results(out / "results.jsonl")[-1]
+    assert last["resumed_from_step"] == stopped_at[-1]
+    first_core = min(os.sched_getaffinity(0))
+    assert last["cpus"] == [first_core]
+    assert json.loads((workdir / "results.json").read_text())["cpu_affinity"] == [first_core]
     # The resumed run's wall covers only its last part: no ETA is made from it.
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[sweep] 1/1 done")]
     assert line.endswith("0 queued, ETA unknown (see --status)"), line
@@ -243,6 +249,18 @@ def test_sigterm_to_the_launcher_preempts_its_runs_and_a_relaunch_resumes_them(t
     assert json.loads((workdir / "results.json").read_text())["steps_run"] == 400
     assert "1 done, 0 failed, 0 preempted, 0 not run" in launch_sweep.status(sweep, out)
     assert _status_row(sweep, out)[1:3] == ["done", "400/400"]
+
+
+def test_cpu_slots_are_disjoint_and_refuse_more_cores_than_there_are():
+    assert launch_sweep.cpu_slots(2, 1, [0, 1]) == [(0,), (1,)]
+    assert launch_sweep.cpu_slots(2, 2, [7, 1, 5, 3, 9]) == [(1, 3), (5, 7)]  # in core order; 9 left over
+    with pytest.raises(ValueError, match=r"--parallel 3 x --cpus_per_run 1 needs 3 cores; this process may use 2"):
+        launch_sweep.cpu_slots(3, 1, [0, 1])
+    with pytest.raises(ValueError, match="must be >= 1"):
+        launch_sweep.cpu_slots(2, -1, [0, 1])
+    with pytest.raises(SystemExit):
+        launch_sweep.main(["scaling_studies/sweeps/hstu_large_ml1m_tune.py", "--out", "unused", "--status",
+                           "--cpus_per_run", "1"])
 
 
 def _status_row(sweep: Sweep, out: Path) -> list[str]:

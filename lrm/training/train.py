@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         "num_params": int(sum(x.size for x in jax.tree.leaves(params))),
         "num_devices": jax.device_count(),  # the eval's per-device batch shapes (lrm-evaluate compares like with like)
         "num_processes": jax.process_count(),
+        # The host cores this process could run on (side-by-side CPU runs: the context of train_seconds).
+        "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "tokens_seen": tokens_seen,
         **meter.summary(tokens_seen),  # flops_seen, model_flops_per_s, mfu (None where the peak is unknown)
         "train_seconds": train_seconds,  # all processes of the run (resumes included); None if not recorded
