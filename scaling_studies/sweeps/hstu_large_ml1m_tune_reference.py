@@ -7,7 +7,7 @@ step 1's written rule (the best validation NDCG@10; `reference_sweep` there): on
 taken, the rest is `configs/hstu_large_ml1m_tuned.py` as it is. Loading this file is an error until every step-1
 run is done, so nothing starts on a partial grid. Step 1's directory is `runs/ml1m_tune`, or `LRM_ML1M_TUNE_OUT`.
 
-    lrm-sweep scaling_studies/sweeps/hstu_large_ml1m_tune.py --out runs/ml1m_tune --parallel 2
+    lrm-sweep scaling_studies/sweeps/hstu_large_ml1m_tune.py --out runs/ml1m_tune --parallel 2 --cpus_per_run 1
     lrm-sweep scaling_studies/sweeps/hstu_large_ml1m_tune_reference.py --out runs/ml1m_tune_reference --parallel 3
     python -m bench.ml1m_tune --tune runs/ml1m_tune --reference runs/ml1m_tune_reference   # both steps' tables
 """
