@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import importlib.util
 import json
 import math
@@ -135,6 +134,17 @@ def cpu_slots(parallel: int, cpus_per_run: int, available: Iterable[int] | None 
     return [tuple(cores[i * cpus_per_run:(i + 1) * cpus_per_run]) for i in range(parallel)]
 
 
+# Sets the affinity, then replaces itself with the command: no preexec_fn, whose fork runs Python code in the child
+# (unsafe in a threaded parent, e.g. one that imported jax).
+_PIN = ("import os, sys; os.sched_setaffinity(0, [int(c) for c in sys.argv[1].split(',')]); "
+        "os.execv(sys.argv[2], sys.argv[2:])")
+
+
+def pinned(cmd: list[str], cores: Iterable[int]) -> list[str]:
+    """`cmd` (whose first item is an executable's path) started on `cores` only."""
+    return [sys.executable, "-c", _PIN, ",".join(str(c) for c in cores), *cmd]
+
+
 def run_local(sweep: Sweep, out: Path, *, parallel: int = 1, cpus_per_run: int = 0, poll_s: float = 0.5,
               env: dict | None = None) -> dict:
     """Runs what is missing; returns counts {done, failed, preempted, skipped}. `cpus_per_run` > 0 holds each
@@ -168,10 +178,9 @@ def run_local(sweep: Sweep, out: Path, *, parallel: int = 1, cpus_per_run: int =
                 workdir.mkdir(parents=True, exist_ok=True)
                 resumes_from = newest_checkpoint(workdir)
                 cores = free_slots.pop(0)
-                pin = None if cores is None else functools.partial(os.sched_setaffinity, 0, cores)
+                cmd = command(run, workdir) if cores is None else pinned(command(run, workdir), cores)
                 with open(workdir / "launch.log", "a") as log:  # "a": a resumed run keeps its earlier log
-                    proc = subprocess.Popen(command(run, workdir), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                            env=child_env, preexec_fn=pin)
+                    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=child_env)
                 marker = workdir / RUNNING_MARKER
                 marker.with_suffix(".tmp").write_text(f"{proc.pid}\n")
                 marker.with_suffix(".tmp").replace(marker)  # a reader never sees it half written

@@ -261,6 +261,10 @@ def test_cpu_slots_are_disjoint_and_refuse_more_cores_than_there_are():
     with pytest.raises(SystemExit):
         launch_sweep.main(["scaling_studies/sweeps/hstu_large_ml1m_tune.py", "--out", "unused", "--status",
                            "--cpus_per_run", "1"])
+    last_core = max(os.sched_getaffinity(0))
+    shown = subprocess.run(launch_sweep.pinned([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                                               [last_core]), capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == f"[{last_core}]"
 
 
 def _status_row(sweep: Sweep, out: Path) -> list[str]:

@@ -156,3 +156,35 @@ def test_short_real_run_beats_most_popular(tmp_path):
     pop_hr = results["popularity_baseline"]["valid"]["hr@10"]
     assert results["time_bias"] is True  # time_intervals/ gives Beauty day-level times
     assert model_hr > 2.0 * pop_hr, (model_hr, pop_hr)
+
+
+def test_logged_grad_norm_is_the_norm_of_the_step_sgd_takes():
+    # With SGD at learning rate 1 the parameters move by exactly the gradient, so the logged grad_norm must equal
+    # the L2 norm of that move, computed here without optax.
+    import jax
+    import optax
+    from flax import nnx
+
+    from lrm.models import build_model
+
+    c = tiny.get_config()
+    c.model.max_seq_len = 11
+    c.model.dropout = 0.0
+    c.loss.num_negatives = 8
+    V, B, L = 40, 4, 10
+    model = build_model(c.model, num_items=V, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = optax.sgd(1.0)
+    rng = np.random.default_rng(0)
+    z = np.zeros((B, L), np.int32)
+    batch = {"item_ids_BxL": rng.integers(1, V + 1, (B, L)).astype(np.int32), "timestamps_BxL": z,
+             "target_timestamps_BxL": z, "target_ids_BxL": rng.integers(1, V + 1, (B, L)).astype(np.int32),
+             "segment_ids_BxL": np.ones((B, L), np.int32),
+             "positions_BxL": np.tile(np.arange(L, dtype=np.int32), (B, 1)), "lengths_B": np.full((B,), L, np.int32)}
+    step = train_mod.make_train_step(graphdef, tx, c.loss)
+    after, _, out = step(params, tx.init(params), batch, jax.random.key(0))
+    moved = [np.asarray(a, np.float64) - np.asarray(b, np.float64)
+             for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(after))]
+    expected = np.sqrt(sum(np.sum(m * m) for m in moved))
+    assert expected > 0
+    np.testing.assert_allclose(float(out["grad_norm"]), expected, rtol=1e-5)

@@ -62,7 +62,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads),
+        return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
                                    "num_targets": aux["num_targets"]}
 
     return jax.jit(train_step) if jit else train_step
