@@ -13,12 +13,12 @@ from __future__ import annotations
 import math
 
 import jax
-import numpy as np
 import optax
 import pytest
 from flax import nnx
 from jax.extend import core as jcore
 
+from batches import full_rows
 from configs import base
 from lrm import flops
 from lrm.models import build_model
@@ -36,20 +36,11 @@ def _config(name, D, H, d, V, loss="sampled_softmax", blocks=1, K=16, scoring="d
     return c, V
 
 
-def _batch(V):
-    rng = np.random.default_rng(0)
-    z = np.zeros((B, L), np.int32)
-    return {"item_ids_BxL": rng.integers(1, V + 1, (B, L)).astype(np.int32), "timestamps_BxL": z,
-            "target_timestamps_BxL": z, "target_ids_BxL": rng.integers(1, V + 1, (B, L)).astype(np.int32),
-            "segment_ids_BxL": np.ones((B, L), np.int32), "positions_BxL": np.tile(np.arange(L, dtype=np.int32), (B, 1)),
-            "lengths_B": np.full((B,), L, np.int32)}
-
-
 def _step(c, V):
     model = build_model(c.model, num_items=V, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     tx = optax.sgd(0.1)
-    return make_train_step(graphdef, tx, c.loss, jit=False), (params, tx.init(params), _batch(V), jax.random.key(0))
+    return make_train_step(graphdef, tx, c.loss, jit=False), (params, tx.init(params), full_rows(B, L, V), jax.random.key(0))
 
 
 def _dot_flops(jaxpr) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from batches import full_rows
 from configs import tiny
 from data_pipeline.datasets.events import from_user_lists
 from data_pipeline.store import write_store
@@ -175,12 +176,7 @@ def test_logged_grad_norm_is_the_norm_of_the_step_sgd_takes():
     model = build_model(c.model, num_items=V, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     tx = optax.sgd(1.0)
-    rng = np.random.default_rng(0)
-    z = np.zeros((B, L), np.int32)
-    batch = {"item_ids_BxL": rng.integers(1, V + 1, (B, L)).astype(np.int32), "timestamps_BxL": z,
-             "target_timestamps_BxL": z, "target_ids_BxL": rng.integers(1, V + 1, (B, L)).astype(np.int32),
-             "segment_ids_BxL": np.ones((B, L), np.int32),
-             "positions_BxL": np.tile(np.arange(L, dtype=np.int32), (B, 1)), "lengths_B": np.full((B,), L, np.int32)}
+    batch = full_rows(B, L, V)
     step = train_mod.make_train_step(graphdef, tx, c.loss)
     after, _, out = step(params, tx.init(params), batch, jax.random.key(0))
     moved = [np.asarray(a, np.float64) - np.asarray(b, np.float64)
