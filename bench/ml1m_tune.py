@@ -69,6 +69,48 @@ def tune_test_rows(tune_out: Path) -> list[tuple]:
     return rows
 
 
+def _metric_rows(workdir: Path) -> list[dict]:
+    path = workdir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: not a JSON line ({e})") from e
+    return rows
+
+
+def validation_curves(tune_out: Path) -> str:
+    """Step 1's validation HR@10 / NDCG@10 at every evaluation of every started run (columns in grid order, rows
+    by step with its epoch): how the runs compare at equal training while the grid is still running."""
+    columns, steps, epoch_of = [], set(), {}
+    for run in TUNE.expand():
+        work = run_workdir(tune_out, run)
+        rows = _metric_rows(work)
+        valid = {r["step"]: (r["hr@10"], r["ndcg@10"]) for r in rows if r.get("split") == "valid"}
+        if not valid:
+            continue
+        total = next((r["total_steps"] for r in rows if "total_steps" in r), None)
+        if total:
+            epochs = json.loads((work / "config.json").read_text())["train"]["num_epochs"]
+            epoch_of.update({s: s * epochs / total for s in valid})
+        columns.append((_knobs(run.overrides), valid))
+        steps |= set(valid)
+    if not columns:
+        return "no step-1 run has evaluated yet"
+    lines = ["| epoch (step) | " + " | ".join(name for name, _ in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for s in sorted(steps):
+        cells = [f"{v[s][0]:.4f}".lstrip("0") + "/" + f"{v[s][1]:.4f}".lstrip("0") if s in v else "–"
+                 for _, v in columns]
+        label = f"{epoch_of[s]:g} ({s})" if s in epoch_of else f"– ({s})"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tune", default="runs/ml1m_tune", help="step 1's sweep directory")
@@ -79,12 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         _, ranked = best_run(TUNE, tune_out, "valid_ndcg@10")
     except ValueError as e:
         print(f"step 1 is not complete ({e}).\n\n{status(TUNE, tune_out)}\n{status_table(TUNE, tune_out)}")
+        print(f"\n## validation HR@10/NDCG@10 of the started runs\n\n{validation_curves(tune_out)}")
         finished = tune_test_rows(tune_out)
         if finished:
             print(f"\n## the finished runs on the test split, each at its best validation step\n\n"
                   f"{format_table(finished + _published_rows())}")
         return 1
     print(f"## step 1: {TUNE.name}, loo-val, ranked by validation NDCG@10 (the first row is chosen)\n\n{ranked}\n")
+    print(f"## step 1's validation HR@10/NDCG@10 at each evaluation\n\n{validation_curves(tune_out)}\n")
     print("## step 1 on the test split, each run at its best validation step (the maintainers' early-stopping "
           f"reading; not used for the choice)\n\n{format_table(tune_test_rows(tune_out) + _published_rows())}\n")
     rows, finished, expected = reference_rows(tune_out, reference_out)

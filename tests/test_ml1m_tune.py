@@ -91,3 +91,27 @@ def test_the_tables_report_each_seed_their_mean_and_the_gap(tmp_path, capsys):
     assert "generative-recommenders" in step1_test
     assert "mean of the 3 seeds above" in printed
     assert "HR@10 -5.0%, NDCG@10 -5.0%, HR@50 -5.0%, HR@200 -5.0%" in printed
+
+
+def _write_metrics(work: Path, valid: dict[int, tuple[float, float]], total_steps: int = 4646) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.json").write_text(json.dumps({"train": {"num_epochs": 101}}))
+    rows = [{"step": 50, "split": "train", "loss": 7.0, "total_steps": float(total_steps)}]
+    rows += [{"step": s, "split": "valid", "hr@10": hr, "ndcg@10": nd} for s, (hr, nd) in valid.items()]
+    (work / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_validation_curves_line_up_the_started_runs_by_step(tmp_path):
+    out = tmp_path / "tune"
+    runs = TUNE.expand()
+    assert ml1m_tune.validation_curves(out) == "no step-1 run has evaluated yet"
+    _write_metrics(launch_sweep.run_workdir(out, runs[0]), {230: (0.1733, 0.0915), 460: (0.2475, 0.13124)})
+    _write_metrics(launch_sweep.run_workdir(out, runs[4]), {230: (0.2651, 0.1425)})
+    lines = ml1m_tune.validation_curves(out).splitlines()
+    assert lines[0] == ("| epoch (step) | dropout 0.1, learning_rate 0.0005 | dropout 0.2, learning_rate 0.001 |")
+    assert lines[2] == "| 5 (230) | .1733/.0915 | .2651/.1425 |"
+    assert lines[3] == "| 10 (460) | .2475/.1312 | – |"  # runs[4] had not evaluated at 460
+    assert len(lines) == 4
+    (launch_sweep.run_workdir(out, runs[0]) / "metrics.jsonl").write_text('{"step": 230, "split": "valid"\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:1: not a JSON line"):
+        ml1m_tune.validation_curves(out)
