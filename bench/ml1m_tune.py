@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.published import PUBLISHED
 from bench.quality import COLUMNS, format_table
-from scaling_studies.launch_sweep import best_run, run_workdir, status, status_table
+from scaling_studies.launch_sweep import best_run, read_results, run_workdir, status, status_table
 from scaling_studies.sweeps.hstu_large_ml1m_tune import SWEEP as TUNE
 from scaling_studies.sweeps.hstu_large_ml1m_tune import reference_sweep
 
@@ -69,27 +69,13 @@ def tune_test_rows(tune_out: Path) -> list[tuple]:
     return rows
 
 
-def _metric_rows(workdir: Path) -> list[dict]:
-    path = workdir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not a JSON line ({e})") from e
-    return rows
-
-
 def validation_curves(tune_out: Path) -> str:
     """Step 1's validation HR@10 / NDCG@10 at every evaluation of every started run (columns in grid order, rows
     by step with its epoch): how the runs compare at equal training while the grid is still running."""
     columns, steps, epoch_of = [], set(), {}
     for run in TUNE.expand():
         work = run_workdir(tune_out, run)
-        rows = _metric_rows(work)
+        rows = read_results(work / "metrics.jsonl")
         valid = {r["step"]: (r["hr@10"], r["ndcg@10"]) for r in rows if r.get("split") == "valid"}
         if not valid:
             continue

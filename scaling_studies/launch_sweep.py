@@ -64,6 +64,7 @@ def run_workdir(out: Path, run: Run) -> Path:
 
 
 def read_results(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file (a sweep's results.jsonl, a run's metrics.jsonl); none if it is missing."""
     if not path.exists():
         return []
     rows = []
