@@ -16,6 +16,10 @@ metrics no CPU re-score reproduces bit for bit. Both runs' reported parameters (
 scored here with the reference attention (`model.attention_impl="xla"`; parameters do not depend on it), the
 comparison is of those ranks, and the table shows each run's re-scored metrics beside its results.json, so the
 drift is in view. Everything else is still checked (same data, same users, the reported step).
+
+`--other_data` pairs two runs that read different stores of the same users, e.g. ML-1M in two time orders that
+break same-second ties differently: users are paired by source id, which must list the same users in the same
+order; the metrics then compare data and model together, and the table says so.
 """
 from __future__ import annotations
 
@@ -39,18 +43,25 @@ def read_user_ids(path: str | Path) -> list[str]:
     return ids
 
 
-def segment_mask(run, user_ids: list[str], split: str) -> np.ndarray:
-    """Which of `run`'s scored users (store rows `run.users_U`) the source ids name; an id that is no scored
-    user of the run's store is an error, not a silent drop."""
+def source_user_ids(run) -> np.ndarray:
+    """The source ids (as strings) of the users `run` scored, in its order (`run.users_U` are store rows)."""
     from data_pipeline.store import SequenceStore
     from lrm.training.data import store_path
 
     store = SequenceStore.open(store_path(run.config.data))
-    source_U = np.asarray([str(store.user_ids[u].item()) for u in run.users_U])
+    return np.asarray([str(store.user_ids[u].item()) for u in run.users_U])
+
+
+def segment_mask(run, user_ids: list[str], split: str) -> np.ndarray:
+    """Which of `run`'s scored users the source ids name; an id that is no scored user of the run's store is an
+    error, not a silent drop."""
+    from lrm.training.data import store_path
+
+    source_U = source_user_ids(run)
     index = {u: i for i, u in enumerate(source_U)}
     missing = [u for u in user_ids if u not in index]
     if missing:
-        raise ValueError(f"{len(missing)} listed users are not {split} users of {store.path} "
+        raise ValueError(f"{len(missing)} listed users are not {split} users of {store_path(run.config.data)} "
                          f"(first: {missing[:3]})")
     mask = np.zeros(source_U.size, bool)
     mask[[index[u] for u in user_ids]] = True
@@ -86,7 +97,7 @@ def _rescore_drift(workdir: str | Path, run, split: str) -> dict:
 
 def compare(workdir_a: str | Path, workdir_b: str | Path, *, split: str = "test", metrics=METRICS,
             num_resamples: int = 2000, seed: int = 0, users: list[str] | None = None,
-            rescore_here: bool = False) -> dict:
+            rescore_here: bool = False, other_data: bool = False) -> dict:
     from lrm.metrics import paired_bootstrap
     from lrm.training.evaluate import rank_run, reproduction_error
 
@@ -98,12 +109,17 @@ def compare(workdir_a: str | Path, workdir_b: str | Path, *, split: str = "test"
         a, b = _rank_here(workdir_a, split), _rank_here(workdir_b, split)
     else:
         a, b = rank_run(workdir_a, (split,))[split], rank_run(workdir_b, (split,))[split]
-    if a.store_identity != b.store_identity:
+    same_data = a.store_identity == b.store_identity
+    if not same_data and not other_data:
         raise ValueError(f"the runs read different data: {workdir_a}: {a.store_identity}; "
-                         f"{workdir_b}: {b.store_identity}")
-    if not np.array_equal(a.users_U, b.users_U):
+                         f"{workdir_b}: {b.store_identity} (stores of the same users, e.g. two orders of the same "
+                         "ratings, pair by user with --other_data)")
+    if same_data and not np.array_equal(a.users_U, b.users_U):
         raise ValueError(f"the runs scored different {split} users ({len(a.users_U)} vs {len(b.users_U)}): "
                          "compare runs with the same eval.max_users")
+    if not same_data and not np.array_equal(source_user_ids(a), source_user_ids(b)):
+        raise ValueError(f"--other_data pairs users by source id, and the runs scored different {split} users "
+                         f"({len(a.users_U)} vs {len(b.users_U)}, or other ids or order)")
     max_rank_a, max_rank_b = int(a.config.eval.max_rank), int(b.config.eval.max_rank)
     if max_rank_a != max_rank_b:
         raise ValueError(f"eval.max_rank differs: {max_rank_a} vs {max_rank_b}")
@@ -119,7 +135,7 @@ def compare(workdir_a: str | Path, workdir_b: str | Path, *, split: str = "test"
         keep = segment_mask(a, users, split)
         ranks_a, ranks_b = ranks_a[keep], ranks_b[keep]
     result = {"split": split, "num_users": int(len(ranks_a)), "num_resamples": num_resamples, "seed": seed,
-              "a": str(workdir_a), "b": str(workdir_b), "segment": users is not None,
+              "a": str(workdir_a), "b": str(workdir_b), "segment": users is not None, "other_data": not same_data,
               "metrics": paired_bootstrap(ranks_a, ranks_b, tuple(metrics), num_resamples=num_resamples,
                                           seed=seed, max_rank=max_rank_a)}
     if rescore_here:
@@ -131,7 +147,9 @@ def format_table(result: dict) -> str:
     lines = [f"A = {result['a']}", f"B = {result['b']}",
              f"{result['split']} split, {result['num_users']} users"
              f"{' (the listed segment)' if result.get('segment') else ''}, paired bootstrap over users "
-             f"({result['num_resamples']} resamples, seed {result['seed']})", "",
+             f"({result['num_resamples']} resamples, seed {result['seed']})"
+             + ("; the runs read different stores of the same users, paired by source user id"
+                if result.get("other_data") else ""), "",
              "| metric | A | B | A − B | (A − B) / B | 95% interval of A − B | resamples with A − B on the other side of 0 |",
              "|---|---|---|---|---|---|---|"]
     for name, m in result["metrics"].items():
@@ -158,13 +176,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--users", help="compare on these users only: a file of source user ids, one per line")
     ap.add_argument("--json", help="also write the result here")
+    ap.add_argument("--other_data", action="store_true",
+                    help="the runs read different stores of the same users (e.g. two orders of the same "
+                         "ratings): pair their users by source id")
     ap.add_argument("--rescore_here", action="store_true",
                     help="runs scored on another platform: score both here and show the drift from results.json")
     args = ap.parse_args(argv)
     result = compare(args.run_a, args.run_b, split=args.split, metrics=tuple(args.metrics.split(",")),
                      num_resamples=args.resamples, seed=args.seed,
                      users=None if args.users is None else read_user_ids(args.users),
-                     rescore_here=args.rescore_here)
+                     rescore_here=args.rescore_here, other_data=args.other_data)
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

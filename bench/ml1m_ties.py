@@ -27,9 +27,10 @@ def _user_rows(seqs: Sequences) -> dict[int, int]:
     return {int(u): row for row, u in enumerate(seqs.user_ids)}
 
 
-def tie_report(timed: Sequences, ordered: Sequences) -> dict[str, int]:
+def tie_report(timed: Sequences, ordered: Sequences) -> tuple[dict[str, int], list[int]]:
     """Counts over the users of `timed` (events with timestamps, in the reader's stable time order) of where
-    `ordered` (the same users' events in another time order, e.g. `sequences.txt`) differs from it.
+    `ordered` (the same users' events in another time order, e.g. `sequences.txt`) differs from it, and the ids
+    of the users whose last event differs.
 
     Every user of `timed` must be a row of `ordered` holding the same items, each item once, and `ordered` must
     be non-decreasing in `timed`'s timestamps: anything else is an error naming the user, since then the two are
@@ -39,6 +40,7 @@ def tie_report(timed: Sequences, ordered: Sequences) -> dict[str, int]:
     rows = _user_rows(ordered)
     c = dict.fromkeys(("users", "events", "events_sharing_a_second", "identical_order", "last_differs",
                        "second_to_last_differs", "last_shares_second_with_previous"), 0)
+    last_differs = []
     for r in range(timed.num_users):
         user = int(timed.user_ids[r])
         if user not in rows:
@@ -61,10 +63,12 @@ def tie_report(timed: Sequences, ordered: Sequences) -> dict[str, int]:
         c["events"] += items_t.size
         c["events_sharing_a_second"] += int(count[count > 1].sum())
         c["identical_order"] += int(np.array_equal(items_t, items_o))
-        c["last_differs"] += int(items_t[-1] != items_o[-1])
+        if items_t[-1] != items_o[-1]:
+            last_differs.append(user)
         c["second_to_last_differs"] += int(items_t.size > 1 and items_t[-2] != items_o[-2])
         c["last_shares_second_with_previous"] += int(items_t.size > 1 and ts[-1] == ts[-2])
-    return c
+    c["last_differs"] = len(last_differs)
+    return c, last_differs
 
 
 def format_report(c: dict[str, int]) -> str:
@@ -89,10 +93,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--timed", required=True, help="ML-1M ratings lines with timestamps (ratings.dat, or .gz)")
     p.add_argument("--ordered", required=True, help="the same users' sequences in S3Rec format (sequences.txt)")
+    p.add_argument("--segments", help="write here last_differs.txt and last_same.txt: the user ids (one a line) "
+                                      "whose last event differs between the orders, and the others, for "
+                                      "`bench.compare --users`")
     a = p.parse_args(argv)
     timed = read_ml1m_ratings(Path(a.timed))
     ordered = read_s3rec_sequences(Path(a.ordered), dataset="ml-1m")
-    print(format_report(tie_report(timed, ordered)))
+    counts, last_differs = tie_report(timed, ordered)
+    print(format_report(counts))
+    if a.segments:
+        out = Path(a.segments)
+        out.mkdir(parents=True, exist_ok=True)
+        differs = set(last_differs)
+        same = [int(u) for u in timed.user_ids if int(u) not in differs]
+        for name, ids in (("last_differs.txt", last_differs), ("last_same.txt", same)):
+            (out / name).write_text("".join(f"{u}\n" for u in ids))
+        print(f"\nwrote {out / 'last_differs.txt'} ({len(last_differs)} users) and {out / 'last_same.txt'} "
+              f"({len(same)} users)")
     return 0
 
 

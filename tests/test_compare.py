@@ -120,6 +120,45 @@ def test_compare_refuses_runs_it_cannot_pair(two_runs, tmp_path):
         compare.compare(tmp_path / "nothing", two_runs / "run1")
 
 
+def test_other_data_pairs_two_stores_of_the_same_users_by_source_id(two_runs, tmp_path, capsys):
+    """Two stores of the same users in another item order (as two tie orders of the same ratings would be):
+    refused as other data unless --other_data, then paired user by user; other users are refused even so."""
+    from data_pipeline.datasets.events import from_user_lists
+    from data_pipeline.store import write_store
+    from lrm.metrics import per_user_metric
+    from lrm.training.evaluate import rank_run
+
+    rng = np.random.default_rng(0)  # the users of _synthetic_store, each walking the ring the other way
+    item_lists, time_lists = [], []
+    for _ in range(96):
+        n = int(rng.integers(5, 15))
+        start = int(rng.integers(1, 41))
+        item_lists.append(((start - 1 - np.arange(n)) % 40 + 1).astype(np.int32))
+        time_lists.append(np.cumsum(rng.integers(1, 86400 * 3, size=n)).astype(np.int64))
+    reversed_seqs = from_user_lists("synthetic-test", list(range(1, 97)), item_lists, time_lists, None,
+                                    num_items=40, item_raw_ids=None,
+                                    source_files={"synthetic/ring_backwards.txt": "0" * 64})  # another raw file
+    write_store(reversed_seqs, tmp_path / "stores" / "synthetic-test-loo-val", protocol="loo-val")
+    train_mod.train_and_evaluate(_tiny_config(tmp_path / "stores", num_steps=6), tmp_path / "run")
+    a, b = two_runs / "run0", tmp_path / "run"
+    with pytest.raises(ValueError, match="different data.*--other_data"):
+        compare.compare(a, b)
+    compare.main([str(a), str(b), "--metrics", "hr@10,mrr", "--other_data", "--json", str(tmp_path / "c.json")])
+    assert "paired by source user id" in capsys.readouterr().out
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["other_data"] and result["num_users"] == 96
+    ranks_a, ranks_b = (rank_run(w, ("test",))["test"].ranks_U for w in (a, b))
+    for name in ("hr@10", "mrr"):
+        m = result["metrics"][name]
+        assert m["a"] == pytest.approx(per_user_metric(ranks_a, name).mean(), abs=1e-12)
+        assert m["b"] == pytest.approx(per_user_metric(ranks_b, name).mean(), abs=1e-12)
+    other_users = tmp_path / "other"
+    _synthetic_store(other_users / "stores", users=80)
+    train_mod.train_and_evaluate(_tiny_config(other_users / "stores", num_steps=2), other_users / "run")
+    with pytest.raises(ValueError, match="pairs users by source id, and the runs scored different test users"):
+        compare.compare(a, other_users / "run", other_data=True)
+
+
 def test_compare_on_a_user_segment(two_runs, tmp_path, capsys):
     from lrm.metrics import per_user_metric
     from lrm.training.evaluate import rank_run

@@ -36,7 +36,9 @@ def _files(tmp_path: Path, sequences: str) -> tuple[Path, Path]:
 
 def _report(tmp_path: Path, sequences: str) -> dict[str, int]:
     r, s = _files(tmp_path, sequences)
-    return tie_report(read_ml1m_ratings(r), read_s3rec_sequences(s, dataset="ml-1m"))
+    counts, last_differs = tie_report(read_ml1m_ratings(r), read_s3rec_sequences(s, dataset="ml-1m"))
+    assert len(last_differs) == counts["last_differs"]
+    return counts
 
 
 def test_counts_where_two_orders_of_the_same_ratings_disagree(tmp_path):
@@ -65,10 +67,12 @@ def test_files_that_are_not_two_orders_of_the_same_data_are_errors(tmp_path, seq
         _report(tmp_path, sequences)
 
 
-def test_cli_prints_the_table(tmp_path, capsys):
+def test_cli_prints_the_table_and_writes_the_segments(tmp_path, capsys):
     r, s = _files(tmp_path, "1 10 11 12 13\n2 20 21\n3 30 32 31\n")
-    assert main(["--timed", str(r), "--ordered", str(s)]) == 0
+    assert main(["--timed", str(r), "--ordered", str(s), "--segments", str(tmp_path / "seg")]) == 0
     assert "| users in both files | 3 | |" in capsys.readouterr().out
+    assert (tmp_path / "seg" / "last_differs.txt").read_text() == "1\n3\n"
+    assert (tmp_path / "seg" / "last_same.txt").read_text() == "2\n"
 
 
 def test_shared_ml1m_files():
@@ -76,6 +80,6 @@ def test_shared_ml1m_files():
     for p in (timed, ordered):
         if not p.is_file():
             pytest.skip(f"real dataset file {p} not present (set LRM_TEST_DATA_DIR to the shared datasets folder)")
-    c = tie_report(read_ml1m_ratings(timed), read_s3rec_sequences(ordered, dataset="ml-1m"))
+    c, _ = tie_report(read_ml1m_ratings(timed), read_s3rec_sequences(ordered, dataset="ml-1m"))
     assert c == {"users": 2999, "events": 487650, "events_sharing_a_second": 377990, "identical_order": 9,
                  "last_differs": 777, "second_to_last_differs": 1179, "last_shares_second_with_previous": 1268}
