@@ -23,10 +23,6 @@ from data_pipeline.datasets.events import Sequences
 from data_pipeline.datasets.movielens import read_ml1m_ratings
 
 
-def _user_rows(seqs: Sequences) -> dict[int, int]:
-    return {int(u): row for row, u in enumerate(seqs.user_ids)}
-
-
 def tie_report(timed: Sequences, ordered: Sequences) -> tuple[dict[str, int], list[int]]:
     """Counts over the users of `timed` (events with timestamps, in the reader's stable time order) of where
     `ordered` (the same users' events in another time order, e.g. `sequences.txt`) differs from it, and the ids
@@ -37,7 +33,7 @@ def tie_report(timed: Sequences, ordered: Sequences) -> tuple[dict[str, int], li
     not two orders of the same data."""
     if not timed.has_timestamps:
         raise ValueError(f"{timed.dataset}: the timed sequences have no timestamps")
-    rows = _user_rows(ordered)
+    rows = {int(u): row for row, u in enumerate(ordered.user_ids)}
     c = dict.fromkeys(("users", "events", "events_sharing_a_second", "identical_order", "last_differs",
                        "second_to_last_differs", "last_shares_second_with_previous"), 0)
     last_differs = []
@@ -58,7 +54,7 @@ def tie_report(timed: Sequences, ordered: Sequences) -> tuple[dict[str, int], li
         back = np.flatnonzero(np.diff(ts_o) < 0)
         if back.size:
             raise ValueError(f"user {user}: the ordered sequence goes back in time at position {int(back[0]) + 1}")
-        _, first, count = np.unique(ts, return_index=True, return_counts=True)
+        _, count = np.unique(ts, return_counts=True)
         c["users"] += 1
         c["events"] += items_t.size
         c["events_sharing_a_second"] += int(count[count > 1].sum())
